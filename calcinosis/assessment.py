@@ -1,0 +1,253 @@
+"""The assessment: what the service concludes about one patient, with the evidence for each part.
+
+Everything here is plain immutable data so that the card renderer, the command line and the tests
+read the same structure. Nothing is phrased as a diagnosis: a subtype carries a likelihood, and each
+likelihood carries the rules that produced it and the record entries those rules read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from calcinosis.knowledge_base import Code
+
+
+class Subtype(StrEnum):
+    """The five etiologic subtypes of calcinosis cutis (clinical-knowledge.md section 1.1)."""
+
+    DYSTROPHIC = "dystrophic"
+    METASTATIC = "metastatic"
+    IDIOPATHIC = "idiopathic"
+    IATROGENIC = "iatrogenic"
+    CALCIPHYLAXIS = "calciphylaxis"
+
+
+class Likelihood(StrEnum):
+    """How strongly the record supports a subtype. `undetermined` means the data to decide is
+    missing or too old; it is never a guess in either direction."""
+
+    LIKELY = "likely"
+    POSSIBLE = "possible"
+    UNLIKELY = "unlikely"
+    UNDETERMINED = "undetermined"
+
+
+class Distribution(StrEnum):
+    """Distribution label, independent of the subtype (clinical-knowledge.md section 1.2)."""
+
+    CIRCUMSCRIPTA = "circumscripta"
+    UNIVERSALIS = "universalis"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One record entry a rule read: where it is, what it says, and when."""
+
+    reference: str
+    code: str | None
+    display: str | None
+    value: float | None = None
+    unit: str | None = None
+    reported: str | None = None
+    comparator: str | None = None
+    date: datetime | None = None
+    reference_range: str | None = None
+    interpretation: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """A value set against a cut-off: which cut-off, where it came from, and the outcome."""
+
+    threshold: str
+    limit: float
+    unit: str
+    basis: str
+    outcome: str
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleFinding:
+    """One rule that fired: stable id, a plain statement, the evidence and the citation."""
+
+    rule_id: str
+    statement: str
+    evidence: tuple[Evidence, ...]
+    sources: tuple[str, ...]
+    supports: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SubtypeAssessment:
+    """A subtype with its likelihood, the rules behind it and what data would settle it."""
+
+    subtype: Subtype
+    likelihood: Likelihood
+    findings: tuple[RuleFinding, ...]
+    missing: tuple[str, ...] = ()
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        """The ids of the rules that fired, in order."""
+        return tuple(finding.rule_id for finding in self.findings)
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedValue:
+    """A computed quantity (corrected calcium, Ca x P, CKD stage) with its inputs and cut-offs."""
+
+    name: str
+    value: float | None
+    unit: str | None
+    category: str | None
+    formula: str
+    inputs: tuple[Evidence, ...]
+    comparisons: tuple[Comparison, ...] = ()
+    note: str | None = None
+    date: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DistributionAssessment:
+    """The distribution label and what it was derived from."""
+
+    label: Distribution
+    basis: str
+    evidence: tuple[Evidence, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkupGap:
+    """A recommended test or procedure with no result in its look-back window."""
+
+    item_id: str
+    label: str
+    kind: str
+    code: Code | None
+    reason: str
+    sources: tuple[str, ...]
+    lookback_days: int | None
+    code_note: str | None = None
+    last_result: Evidence | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressedWorkup:
+    """A catalogue item deliberately withheld, and why (e.g. biopsy in suspected calciphylaxis)."""
+
+    item_id: str
+    label: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DifferentialAssessment:
+    """A differential diagnosis with what raises and lowers it in this patient."""
+
+    differential_id: str
+    label: str
+    raised_by: tuple[RuleFinding, ...]
+    lowered_by: tuple[RuleFinding, ...]
+    separating_test: str
+    test_code: Code | None
+    sources: tuple[str, ...]
+
+    @property
+    def consideration(self) -> str:
+        """`raised` when something in the record points to it, else `consider`."""
+        return "raised" if self.raised_by else "consider"
+
+
+@dataclass(frozen=True, slots=True)
+class RiskFactor:
+    """One calciphylaxis risk factor found in the record (consensus Table 3 or add-on)."""
+
+    factor_id: str
+    label: str
+    tier: str
+    evidence: tuple[Evidence, ...]
+    sources: tuple[str, ...]
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CalciphylaxisRisk:
+    """Calciphylaxis risk factors present and whether the consensus risk pattern is met.
+
+    `pattern` is one of `met` (2 major, or 1 major + 3 minor, on dialysis), `not-met`, or
+    `not-applicable` (the consensus table is for dialysis patients). It is a risk pattern, never a
+    diagnosis.
+    """
+
+    on_dialysis: bool
+    major: tuple[RiskFactor, ...]
+    minor: tuple[RiskFactor, ...]
+    additional: tuple[RiskFactor, ...]
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataQuality:
+    """What could not be used, so a card can say so instead of hiding it."""
+
+    resources_seen: int
+    resources_skipped: int
+    issues: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The whole answer for one patient with documented calcinosis or calciphylaxis."""
+
+    as_of: datetime
+    knowledge_version: str
+    entry: tuple[Evidence, ...]
+    subtypes: tuple[SubtypeAssessment, ...]
+    derived: tuple[DerivedValue, ...]
+    distribution: DistributionAssessment
+    workup: tuple[WorkupGap, ...]
+    suppressed_workup: tuple[SuppressedWorkup, ...]
+    differentials: tuple[DifferentialAssessment, ...]
+    calciphylaxis_risk: CalciphylaxisRisk
+    data_quality: DataQuality
+    severe_hypercalcemia: bool = False
+
+    def subtype(self, subtype: Subtype) -> SubtypeAssessment:
+        """The assessment of one subtype (all five are always present)."""
+        for item in self.subtypes:
+            if item.subtype is subtype:
+                return item
+        raise KeyError(subtype)
+
+    def derived_value(self, name: str) -> DerivedValue | None:
+        """A derived value by name, or None when it could not be computed."""
+        for item in self.derived:
+            if item.name == name:
+                return item
+        return None
+
+    @property
+    def evidence_references(self) -> frozenset[str]:
+        """Every record entry the assessment cites (used to validate exactly those resources)."""
+        refs: set[str] = {e.reference for e in self.entry}
+        for subtype in self.subtypes:
+            for finding in subtype.findings:
+                refs.update(e.reference for e in finding.evidence)
+        for derived in self.derived:
+            refs.update(e.reference for e in derived.inputs)
+        refs.update(e.reference for e in self.distribution.evidence)
+        for differential in self.differentials:
+            for finding in differential.raised_by + differential.lowered_by:
+                refs.update(e.reference for e in finding.evidence)
+        risk = self.calciphylaxis_risk
+        for factor in risk.major + risk.minor + risk.additional:
+            refs.update(e.reference for e in factor.evidence)
+        for gap in self.workup:
+            if gap.last_result is not None:
+                refs.add(gap.last_result.reference)
+        return frozenset(refs)

@@ -1,0 +1,623 @@
+"""What every rule needs, computed once per patient: current calcium and phosphate status, Ca x P,
+kidney function, dialysis, and evidence helpers.
+
+The rules read this instead of the raw findings so that "which calcium counts", "how old is too
+old" and "does the lab's own range win over the fixed cut-off" are decided in one place.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from calcinosis.assessment import Comparison, DerivedValue, Evidence
+from calcinosis.derived import (
+    calcium_phosphate_product,
+    ckd_category,
+    corrected_calcium,
+    is_above,
+    is_below,
+)
+from calcinosis.findings import (
+    Analyte,
+    ClinicalConcept,
+    ConditionFinding,
+    DrugClass,
+    Interpretation,
+    LabResult,
+    MedicationExposure,
+    PatientFindings,
+    ProcedureFinding,
+    ProcedureKind,
+)
+from calcinosis.knowledge_base import KnowledgeBase
+
+HIGH = "high"
+LOW = "low"
+NORMAL = "normal"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def lab_evidence(lab: LabResult, note: str | None = None) -> Evidence:
+    """Evidence for one lab result, with its range as the lab reported it (canonical units)."""
+    reference_range: str | None = None
+    if lab.reference_low is not None or lab.reference_high is not None:
+        low = _fmt(lab.reference_low) if lab.reference_low is not None else ""
+        high = _fmt(lab.reference_high) if lab.reference_high is not None else ""
+        reference_range = f"{low}-{high} {lab.unit or ''}".strip()
+    return Evidence(
+        reference=lab.source.reference,
+        code=f"{lab.source.system}|{lab.source.code}" if lab.source.code else None,
+        display=lab.source.display,
+        value=lab.value,
+        unit=lab.unit,
+        reported=lab.reported,
+        comparator=lab.comparator,
+        date=lab.effective,
+        reference_range=reference_range,
+        interpretation=lab.interpretation.value if lab.interpretation else None,
+        note=note if note is not None else ("date taken from 'issued'" if lab.date_from_issued else None),
+    )
+
+
+def condition_evidence(condition: ConditionFinding, note: str | None = None) -> Evidence:
+    """Evidence for a coded condition."""
+    status = condition.clinical_status or "status not recorded"
+    if condition.verification_status and condition.verification_status != "confirmed":
+        status = f"{status}, {condition.verification_status}"
+    extra = "matched on text" if condition.matched_by_text else None
+    return Evidence(
+        reference=condition.source.reference,
+        code=f"{condition.source.system}|{condition.source.code}" if condition.source.code else None,
+        display=condition.source.display,
+        date=condition.first_known,
+        note="; ".join(n for n in (status, extra, note) if n),
+    )
+
+
+def medication_evidence(medication: MedicationExposure, note: str | None = None) -> Evidence:
+    """Evidence for a medication exposure."""
+    return Evidence(
+        reference=medication.source.reference,
+        code=f"{medication.source.system}|{medication.source.code}" if medication.source.code else None,
+        display=medication.name or medication.source.display,
+        date=medication.start,
+        note=note,
+    )
+
+
+def procedure_evidence(procedure: ProcedureFinding, note: str | None = None) -> Evidence:
+    """Evidence for a procedure."""
+    return Evidence(
+        reference=procedure.source.reference,
+        code=f"{procedure.source.system}|{procedure.source.code}" if procedure.source.code else None,
+        display=procedure.source.display,
+        date=procedure.start,
+        note=note,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CalciumReading:
+    """The calcium that classifies the patient: ionized when present, else albumin-corrected total.
+
+    `kind` is `ionized`, `corrected` (albumin within the pairing window) or `total-uncorrected`.
+    Only the first two pass the data gate of clinical-knowledge.md 5.0.
+    """
+
+    kind: str
+    value: float
+    status: str | None
+    comparisons: tuple[Comparison, ...]
+    calcium: LabResult
+    albumin: LabResult | None
+    note: str | None = None
+
+    @property
+    def gate_ok(self) -> bool:
+        """True when this reading may classify dystrophic or idiopathic disease."""
+        return self.kind != "total-uncorrected" and self.status is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PhosphateReading:
+    """The latest usable phosphate in the gate window and whether it is above the upper limit."""
+
+    value: float
+    status: str | None
+    comparisons: tuple[Comparison, ...]
+    lab: LabResult
+
+
+@dataclass(frozen=True, slots=True)
+class KidneyStatus:
+    """Kidney function as the rules need it."""
+
+    category: str | None
+    egfr: LabResult | None
+    chronic_confirmed: bool
+    on_dialysis: bool
+    dialysis_start: datetime | None
+    dialysis_evidence: tuple[Evidence, ...]
+    transplant: bool
+    coded_stage: str | None
+    coded_evidence: tuple[Evidence, ...]
+
+    @property
+    def advanced(self) -> bool:
+        """CKD G4-G5D, ESRD, dialysis or transplant: where calciphylaxis mostly occurs."""
+        return self.on_dialysis or self.transplant or self.category in ("G4", "G5") or self.coded_stage in ("G4", "G5")
+
+    @property
+    def at_least_g3a(self) -> bool:
+        """CKD G3a or worse by eGFR, code, dialysis or transplant (CKD-MBD monitoring range)."""
+        stages = ("G3a", "G3b", "G3", "G4", "G5")
+        return self.advanced or self.category in stages or self.coded_stage in stages
+
+    @property
+    def known(self) -> bool:
+        """True when anything at all is known about kidney function."""
+        return self.egfr is not None or self.on_dialysis or self.transplant or self.coded_stage is not None
+
+
+class PatientContext:
+    """Pre-computed, read-only view of the findings for the rules."""
+
+    def __init__(self, findings: PatientFindings, knowledge: KnowledgeBase) -> None:
+        self.findings = findings
+        self.kb = knowledge
+        self.as_of = findings.as_of
+        self.gate_start = self.as_of - timedelta(days=knowledge.value("gate-lookback-days"))
+        self.pairing = timedelta(hours=knowledge.value("pairing-hours"))
+        by_analyte: dict[Analyte, list[LabResult]] = defaultdict(list)
+        unusable: dict[Analyte, list[LabResult]] = defaultdict(list)
+        for lab in findings.labs:
+            if lab.effective > self.as_of:
+                continue
+            (by_analyte if lab.usable else unusable)[lab.analyte].append(lab)
+        for labs in by_analyte.values():
+            labs.sort(key=lambda lab: lab.effective, reverse=True)
+        for labs in unusable.values():
+            labs.sort(key=lambda lab: lab.effective, reverse=True)
+        self._labs = by_analyte
+        self._unusable = unusable
+        by_concept: dict[ClinicalConcept, list[ConditionFinding]] = defaultdict(list)
+        for condition in findings.conditions:
+            by_concept[condition.concept].append(condition)
+        self._conditions = by_concept
+        by_class: dict[DrugClass, list[MedicationExposure]] = defaultdict(list)
+        for medication in findings.medications:
+            by_class[medication.drug_class].append(medication)
+        self._medications = by_class
+        by_kind: dict[ProcedureKind, list[ProcedureFinding]] = defaultdict(list)
+        for procedure in findings.procedures:
+            by_kind[procedure.kind].append(procedure)
+        self._procedures = by_kind
+        self.calcium = self._calcium_reading()
+        self.phosphate = self._phosphate_reading()
+        self.kidney = self._kidney_status()
+        self.caxp = self._calcium_phosphate_product()
+
+    # ----- look-ups -------------------------------------------------------------------------
+
+    def labs(self, analyte: Analyte, since: datetime | None = None) -> list[LabResult]:
+        """Usable results of an analyte, newest first, optionally only those on or after `since`."""
+        labs = self._labs.get(analyte, [])
+        if since is None:
+            return labs
+        return [lab for lab in labs if lab.effective >= since]
+
+    def latest(self, analyte: Analyte, since: datetime | None = None) -> LabResult | None:
+        """The newest usable result of an analyte (on or after `since`)."""
+        labs = self.labs(analyte, since)
+        return labs[0] if labs else None
+
+    def unusable(self, analyte: Analyte, since: datetime | None = None) -> list[LabResult]:
+        """Results of an analyte on file that could not be used (e.g. unknown unit)."""
+        labs = self._unusable.get(analyte, [])
+        return [lab for lab in labs if since is None or lab.effective >= since]
+
+    def conditions(self, *concepts: ClinicalConcept, active_only: bool = False) -> list[ConditionFinding]:
+        """Conditions mapped to any of the concepts (optionally only active ones)."""
+        found = [c for concept in concepts for c in self._conditions.get(concept, [])]
+        return [c for c in found if c.active] if active_only else found
+
+    def medications(self, *classes: DrugClass) -> list[MedicationExposure]:
+        """Medication exposures in any of the drug classes."""
+        return [m for drug_class in classes for m in self._medications.get(drug_class, [])]
+
+    def procedures(self, *kinds: ProcedureKind) -> list[ProcedureFinding]:
+        """Procedures of any of the kinds."""
+        return [p for kind in kinds for p in self._procedures.get(kind, [])]
+
+    def exposure_days(self, medications: list[MedicationExposure]) -> float:
+        """Days from the earliest start to the latest end (or `as_of` while still active)."""
+        starts = [m.start for m in medications if m.start is not None]
+        if not starts:
+            return 0.0
+        ends = [min(m.end or self.as_of, self.as_of) for m in medications]
+        return max(0.0, (max(ends) - min(starts)).total_seconds() / 86400)
+
+    # ----- status of a value against the lab's range or the fallback ---------------------------
+
+    def judge(
+        self,
+        lab: LabResult,
+        value: float,
+        upper_id: str | None,
+        lower_id: str | None,
+        use_flag: bool = True,
+    ) -> tuple[str | None, tuple[Comparison, ...]]:
+        """High / low / normal for a value, preferring the lab's flag, then its range, then the
+        knowledge base's fallback cut-off (clinical-knowledge.md section 0).
+
+        `use_flag` is False for derived values (a flag describes the measured value, not the
+        albumin-corrected one). Returns None as status when a censored result cannot decide.
+        """
+        comparator = lab.comparator
+        if use_flag and lab.interpretation in (Interpretation.HIGH, Interpretation.LOW, Interpretation.NORMAL):
+            status = {Interpretation.HIGH: HIGH, Interpretation.LOW: LOW, Interpretation.NORMAL: NORMAL}[
+                lab.interpretation
+            ]
+            return status, (
+                Comparison("lab interpretation", value, lab.unit or "", "lab's own interpretation flag", status),
+            )
+        comparisons: list[Comparison] = []
+        upper = lab.reference_high
+        upper_basis = "lab reference range"
+        upper_sources: tuple[str, ...] = ()
+        if upper is None and upper_id is not None:
+            threshold = self.kb.threshold(upper_id)
+            upper, upper_basis, upper_sources = threshold.value, f"fallback cut-off ({upper_id})", threshold.sources
+        above = is_above(value, comparator, upper) if upper is not None else False
+        if upper is not None:
+            comparisons.append(
+                Comparison(
+                    upper_id or "upper limit",
+                    upper,
+                    lab.unit or "",
+                    upper_basis,
+                    "above" if above else ("not above" if above is False else "indeterminate"),
+                    upper_sources,
+                )
+            )
+        if above:
+            return HIGH, tuple(comparisons)
+        lower = lab.reference_low
+        lower_basis = "lab reference range"
+        lower_sources: tuple[str, ...] = ()
+        if lower is None and lower_id is not None:
+            threshold = self.kb.threshold(lower_id)
+            lower, lower_basis, lower_sources = threshold.value, f"fallback cut-off ({lower_id})", threshold.sources
+        below = is_below(value, comparator, lower) if lower is not None else False
+        if lower is not None:
+            comparisons.append(
+                Comparison(
+                    lower_id or "lower limit",
+                    lower,
+                    lab.unit or "",
+                    lower_basis,
+                    "below" if below else ("not below" if below is False else "indeterminate"),
+                    lower_sources,
+                )
+            )
+        if below:
+            return LOW, tuple(comparisons)
+        if above is None or below is None:
+            return None, tuple(comparisons)
+        return NORMAL, tuple(comparisons)
+
+    # ----- calcium, phosphate, Ca x P --------------------------------------------------------
+
+    def _paired(self, analyte: Analyte, moment: datetime) -> LabResult | None:
+        """The result of `analyte` nearest in time to `moment`, within the pairing window."""
+        best: LabResult | None = None
+        for lab in self.labs(analyte):
+            if lab.comparator is not None or lab.value is None:
+                continue
+            gap = abs(lab.effective - moment)
+            if gap <= self.pairing and (best is None or gap < abs(best.effective - moment)):
+                best = lab
+        return best
+
+    def reading_for_total(self, calcium: LabResult) -> CalciumReading:
+        """Classify one total calcium, correcting for albumin drawn within the pairing window."""
+        assert calcium.value is not None
+        albumin = self._paired(Analyte.ALBUMIN, calcium.effective) if calcium.comparator is None else None
+        if albumin is not None and albumin.value is not None:
+            anchor = self.kb.value("albumin-correction-anchor")
+            value = corrected_calcium(calcium.value, albumin.value, anchor)
+            corrected = albumin.value < anchor
+            note = None
+            if albumin.value < self.kb.value("albumin-correction-unreliable"):
+                note = "albumin below 3.0 g/dL: correction is unreliable, an ionized calcium is preferred"
+            status, comparisons = self.judge(
+                calcium, value, "calcium-total-upper", "calcium-total-lower", use_flag=not corrected
+            )
+            return CalciumReading("corrected", value, status, comparisons, calcium, albumin, note)
+        status, comparisons = self.judge(calcium, calcium.value, "calcium-total-upper", "calcium-total-lower")
+        return CalciumReading(
+            "total-uncorrected",
+            calcium.value,
+            status,
+            comparisons,
+            calcium,
+            None,
+            "no albumin within 24 h of this calcium: total calcium used without correction",
+        )
+
+    def _calcium_reading(self) -> CalciumReading | None:
+        ionized = self.latest(Analyte.CALCIUM_IONIZED, self.gate_start)
+        if ionized is not None and ionized.value is not None:
+            status, comparisons = self.judge(ionized, ionized.value, "calcium-ionized-upper", None)
+            return CalciumReading("ionized", ionized.value, status, comparisons, ionized, None)
+        totals = self.labs(Analyte.CALCIUM_TOTAL, self.gate_start)
+        readings = [self.reading_for_total(lab) for lab in totals if lab.value is not None]
+        if not readings:
+            return None
+        # Within the window, a calcium that could be corrected for albumin classifies; an
+        # uncorrected one is used only when there is nothing better (it cannot pass the gate).
+        corrected = [reading for reading in readings if reading.kind == "corrected"]
+        return corrected[0] if corrected else readings[0]
+
+    def hypercalcemia_confirmed(self) -> bool:
+        """High calcium by ionized calcium, or on two or more draws in the gate window
+        (a single high total calcium needs a repeat before it is labelled, per 5.2)."""
+        if self.calcium is None or self.calcium.status != HIGH:
+            return False
+        if self.calcium.kind == "ionized":
+            return True
+        highs = {
+            reading.calcium.effective.date()
+            for reading in (
+                self.reading_for_total(lab)
+                for lab in self.labs(Analyte.CALCIUM_TOTAL, self.gate_start)
+                if lab.value is not None
+            )
+            if reading.status == HIGH
+        }
+        return len(highs) >= 2
+
+    def _phosphate_reading(self) -> PhosphateReading | None:
+        lab = self.latest(Analyte.PHOSPHATE, self.gate_start)
+        if lab is None or lab.value is None:
+            return None
+        status, comparisons = self.judge(lab, lab.value, "phosphate-upper", None)
+        return PhosphateReading(lab.value, status, comparisons, lab)
+
+    def _calcium_phosphate_product(self) -> DerivedValue | None:
+        for phosphate in self.labs(Analyte.PHOSPHATE, self.gate_start):
+            if phosphate.comparator is not None or phosphate.value is None:
+                continue
+            calcium = self._paired(Analyte.CALCIUM_TOTAL, phosphate.effective)
+            if calcium is None:
+                continue
+            reading = self.reading_for_total(calcium)
+            product = calcium_phosphate_product(reading.value, phosphate.value)
+            metastatic = self.kb.threshold("caxp-metastatic")
+            target = self.kb.threshold("caxp-kdoqi-target")
+            comparisons = [
+                Comparison(
+                    metastatic.id,
+                    metastatic.value,
+                    metastatic.unit,
+                    "knowledge base",
+                    "above" if product > metastatic.value else "not above",
+                    metastatic.sources,
+                )
+            ]
+            if self.kidney.at_least_g3a:
+                comparisons.append(
+                    Comparison(
+                        target.id,
+                        target.value,
+                        target.unit,
+                        "historical KDOQI target in CKD (context only)",
+                        "at or above target" if product >= target.value else "below target",
+                        target.sources,
+                    )
+                )
+            inputs: tuple[Evidence, ...] = (lab_evidence(reading.calcium), lab_evidence(phosphate))
+            if reading.albumin is not None:
+                inputs += (lab_evidence(reading.albumin),)
+            kind = (
+                "albumin-corrected calcium" if reading.kind == "corrected" else "total calcium (no albumin within 24 h)"
+            )
+            return DerivedValue(
+                name="calcium-phosphate-product",
+                value=round(product, 1),
+                unit="mg2/dL2",
+                category=None,
+                formula=f"Ca x P = {kind} {_fmt(reading.value)} mg/dL x phosphate {_fmt(phosphate.value)} mg/dL",
+                inputs=inputs,
+                comparisons=tuple(comparisons),
+                date=phosphate.effective,
+            )
+        return None
+
+    # ----- kidney ----------------------------------------------------------------------------
+
+    def _kidney_status(self) -> KidneyStatus:
+        egfr = self.latest(Analyte.EGFR, self.gate_start)
+        category: str | None = None
+        chronic = False
+        kb = self.kb
+        if egfr is not None and egfr.value is not None and egfr.comparator is None:
+            category = ckd_category(
+                egfr.value,
+                kb.value("egfr-g2"),
+                kb.value("egfr-g3a"),
+                kb.value("egfr-g3b"),
+                kb.value("egfr-g4"),
+                kb.value("egfr-g5"),
+            )
+            chronic_before = egfr.effective - timedelta(days=kb.value("ckd-chronicity-days"))
+            chronic = any(
+                lab.effective <= chronic_before and lab.value is not None and lab.value < kb.value("egfr-g3a")
+                for lab in self.labs(Analyte.EGFR)
+            )
+        elif (
+            egfr is not None
+            and egfr.comparator in (">", ">=")
+            and egfr.value is not None
+            and egfr.value >= kb.value("egfr-g3a")
+        ):
+            category = "G1-G2"
+        recent = self.as_of - timedelta(days=kb.value("gate-lookback-days"))
+        dialysis_procedures = [
+            p for p in self.procedures(ProcedureKind.DIALYSIS) if p.status not in ("not-done", "entered-in-error")
+        ]
+        dialysis_conditions = self.conditions(ClinicalConcept.DIALYSIS_DEPENDENCE)
+        evidence: list[Evidence] = []
+        on_dialysis = False
+        for condition in dialysis_conditions:
+            if condition.active:
+                on_dialysis = True
+                evidence.append(condition_evidence(condition))
+        for procedure in dialysis_procedures:
+            when = procedure.end or procedure.start
+            if when is not None and when >= recent:
+                on_dialysis = True
+                evidence.append(procedure_evidence(procedure, "dialysis within the last 90 days"))
+                break
+        starts = [p.start for p in dialysis_procedures if p.start is not None]
+        starts += [c.first_known for c in dialysis_conditions if c.first_known is not None]
+        dialysis_start = min(starts) if starts else None
+        transplant_conditions = self.conditions(ClinicalConcept.KIDNEY_TRANSPLANT, active_only=True)
+        transplant_procedures = self.procedures(ProcedureKind.KIDNEY_TRANSPLANT)
+        transplant = bool(transplant_conditions or transplant_procedures)
+        coded_stage: str | None = None
+        coded_evidence: list[Evidence] = []
+        for concept, stage in (
+            (ClinicalConcept.ESRD, "G5"),
+            (ClinicalConcept.CKD_STAGE_5, "G5"),
+            (ClinicalConcept.CKD_STAGE_4, "G4"),
+            (ClinicalConcept.CKD_STAGE_3, "G3"),
+            (ClinicalConcept.CKD_EARLY, "G1-G2"),
+        ):
+            active = self.conditions(concept, active_only=True)
+            if active:
+                coded_stage = stage
+                coded_evidence.extend(condition_evidence(c) for c in active)
+                break
+        coded_evidence.extend(condition_evidence(c) for c in transplant_conditions)
+        coded_evidence.extend(procedure_evidence(p) for p in transplant_procedures)
+        return KidneyStatus(
+            category,
+            egfr,
+            chronic,
+            on_dialysis,
+            dialysis_start,
+            tuple(evidence),
+            transplant,
+            coded_stage,
+            tuple(coded_evidence),
+        )
+
+    def kidney_derived(self) -> DerivedValue | None:
+        """The CKD stage as a derived value with its inputs."""
+        kidney = self.kidney
+        if not kidney.known:
+            return None
+        inputs: list[Evidence] = []
+        comparisons: list[Comparison] = []
+        notes: list[str] = []
+        category = kidney.category
+        if kidney.egfr is not None:
+            inputs.append(lab_evidence(kidney.egfr))
+            for threshold_id in ("egfr-g2", "egfr-g3a", "egfr-g3b", "egfr-g4", "egfr-g5"):
+                threshold = self.kb.threshold(threshold_id)
+                if kidney.egfr.value is not None and kidney.egfr.value < threshold.value:
+                    comparisons.append(
+                        Comparison(
+                            threshold_id,
+                            threshold.value,
+                            threshold.unit,
+                            "KDIGO category boundary",
+                            "below",
+                            threshold.sources,
+                        )
+                    )
+            if category in ("G3a", "G3b", "G4", "G5") and not kidney.on_dialysis:
+                notes.append(
+                    "eGFR below 60 also at least 3 months earlier (chronic)"
+                    if kidney.chronic_confirmed
+                    else "single eGFR below 60: chronicity (3 months) not shown by the record"
+                )
+        if kidney.on_dialysis:
+            category = "G5D"
+            inputs.extend(kidney.dialysis_evidence)
+        if category is None and kidney.coded_stage is not None:
+            category = f"{kidney.coded_stage} (coded)"
+        inputs.extend(kidney.coded_evidence)
+        if kidney.transplant:
+            notes.append("kidney transplant recorded")
+        return DerivedValue(
+            name="ckd-stage",
+            value=kidney.egfr.value if kidney.egfr is not None else None,
+            unit=kidney.egfr.unit if kidney.egfr is not None else None,
+            category=category,
+            formula="KDIGO GFR category from the latest eGFR in 90 days; G5D when on dialysis",
+            inputs=tuple(inputs),
+            comparisons=tuple(comparisons),
+            note="; ".join(notes) or None,
+            date=kidney.egfr.effective if kidney.egfr is not None else None,
+        )
+
+    def calcium_derived(self) -> DerivedValue | None:
+        """The calcium used for classification (ionized, corrected or total) as a derived value."""
+        reading = self.calcium
+        if reading is None:
+            return None
+        inputs = (lab_evidence(reading.calcium),) + ((lab_evidence(reading.albumin),) if reading.albumin else ())
+        if reading.kind == "ionized":
+            name, formula = "ionized-calcium", "ionized calcium used as measured (preferred over corrected calcium)"
+        elif reading.kind == "corrected":
+            assert (
+                reading.albumin is not None and reading.albumin.value is not None and reading.calcium.value is not None
+            )
+            name = "corrected-calcium"
+            formula = (
+                f"corrected Ca = {_fmt(reading.calcium.value)} + 0.8 x (4.0 - {_fmt(reading.albumin.value)}) mg/dL"
+                if reading.albumin.value < 4.0
+                else "albumin at or above 4.0 g/dL: no correction"
+            )
+        else:
+            name, formula = "total-calcium", "total calcium without albumin correction"
+        return DerivedValue(
+            name=name,
+            value=round(reading.value, 2),
+            unit="mg/dL",
+            category=reading.status,
+            formula=formula,
+            inputs=inputs,
+            comparisons=reading.comparisons,
+            note=reading.note,
+            date=reading.calcium.effective,
+        )
+
+    def pth_status(self) -> tuple[str | None, LabResult | None, tuple[Comparison, ...]]:
+        """Latest intact PTH in a year against the lab's range or the fallback upper limit."""
+        lab = self.latest(Analyte.PTH_INTACT, self.as_of - timedelta(days=365))
+        if lab is None or lab.value is None:
+            return None, None, ()
+        status, comparisons = self.judge(lab, lab.value, "pth-upper", None)
+        return status, lab, comparisons
+
+    def onset(self) -> datetime | None:
+        """The earliest date calcinosis or calciphylaxis is recorded (onset or recorded date)."""
+        dates = [
+            c.first_known
+            for c in self.conditions(
+                ClinicalConcept.CALCINOSIS_CUTIS,
+                ClinicalConcept.CALCINOSIS_CIRCUMSCRIPTA,
+                ClinicalConcept.CALCINOSIS_UNIVERSALIS,
+                ClinicalConcept.CALCIPHYLAXIS,
+            )
+            if c.first_known is not None
+        ]
+        return min(dates) if dates else None

@@ -1,0 +1,282 @@
+"""The knowledge base as data: citations, thresholds, workup catalogue and differentials.
+
+Loaded once (at start-up, never per request) from the JSON files beside this module and checked
+then: every threshold, workup item and differential must cite sources that exist, so that a typo
+in a file fails start-up with a clear message instead of producing an uncited card. Clinicians
+review the JSON; the rules in this package refer to entries by their stable ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+EVIDENCE_TAGS = frozenset({"S", "S-abs", "S-2nd", "GK"})
+
+
+class KnowledgeBaseError(ValueError):
+    """A knowledge file is missing, malformed or refers to something that does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A citation. `link` marks free pages suitable for card links."""
+
+    key: str
+    citation: str
+    url: str | None
+    link: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """A fixed cut-off or window with its meaning and citation."""
+
+    id: str
+    value: float
+    unit: str
+    meaning: str
+    sources: tuple[str, ...]
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A terminology code as plain data (the clinical core knows codes, not FHIR)."""
+
+    system: str
+    code: str
+    display: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkupItem:
+    """One orderable test or procedure from the workup catalogue."""
+
+    id: str
+    label: str
+    kind: str
+    code: Code | None
+    satisfied_by: tuple[str, ...]
+    lookback_days: int | None
+    lookback_days_dialysis: int | None
+    trigger: str
+    reason: str
+    sources: tuple[str, ...]
+    evidence: str
+    code_note: str | None
+    never_when: str | None
+    caution: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Differential:
+    """A differential diagnosis with the test that separates it."""
+
+    id: str
+    label: str
+    separating_test: str
+    test_code: Code | None
+    sources: tuple[str, ...]
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeBase:
+    """Everything the rules look up, validated and immutable."""
+
+    version: str
+    sources: dict[str, Source]
+    thresholds: dict[str, Threshold]
+    workup: tuple[WorkupItem, ...]
+    differentials: tuple[Differential, ...]
+
+    def threshold(self, threshold_id: str) -> Threshold:
+        """The threshold with this id; a missing one is a programming error caught by tests."""
+        return self.thresholds[threshold_id]
+
+    def value(self, threshold_id: str) -> float:
+        """The numeric value of a threshold."""
+        return self.thresholds[threshold_id].value
+
+    def differential(self, differential_id: str) -> Differential:
+        """The differential with this id."""
+        for differential in self.differentials:
+            if differential.id == differential_id:
+                return differential
+        raise KeyError(differential_id)
+
+
+KNOWLEDGE_VERSION = "2026.11.0"
+
+WORKUP_TRIGGERS = frozenset(
+    {
+        "always",
+        "metabolic",
+        "hypercalcemia",
+        "hypercalcemia-or-hyperphosphatemia",
+        "hypercalcemia-low-pth",
+        "hypercalcemia-pth-not-low",
+        "suspected-ctd",
+        "calciphylaxis-suspected",
+        "gout-raised",
+        "xanthoma-raised",
+        "diagnosis-uncertain",
+    }
+)
+
+
+def _read(name: str) -> dict[str, Any]:
+    try:
+        text = resources.files("calcinosis").joinpath("knowledge").joinpath(name).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, json.JSONDecodeError) as error:
+        raise KnowledgeBaseError(f"knowledge file {name}: {error}") from error
+    if not isinstance(data, dict):
+        raise KnowledgeBaseError(f"knowledge file {name}: top level must be an object")
+    return data
+
+
+def _require(entry: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    value = entry.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise KnowledgeBaseError(f"{where}: '{key}' must be {kind.__name__}")
+    return value
+
+
+def _sources(entry: dict[str, Any], where: str, known: dict[str, Source]) -> tuple[str, ...]:
+    keys = _require(entry, "sources", list, where)
+    if not keys:
+        raise KnowledgeBaseError(f"{where}: cites no source")
+    for key in keys:
+        if key not in known:
+            raise KnowledgeBaseError(f"{where}: unknown source '{key}'")
+    evidence = entry.get("evidence")
+    if evidence not in EVIDENCE_TAGS:
+        raise KnowledgeBaseError(f"{where}: evidence must be one of {sorted(EVIDENCE_TAGS)}")
+    return tuple(keys)
+
+
+def _code(raw: Any, where: str) -> Code | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise KnowledgeBaseError(f"{where}: code must be an object or null")
+    return Code(
+        system=_require(raw, "system", str, where),
+        code=_require(raw, "code", str, where),
+        display=_require(raw, "display", str, where),
+    )
+
+
+def _optional_int(entry: dict[str, Any], key: str, where: str) -> int | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise KnowledgeBaseError(f"{where}: '{key}' must be a positive integer or null")
+    return value
+
+
+def load_knowledge() -> KnowledgeBase:
+    """Read and validate the knowledge files; raises `KnowledgeBaseError` on any defect."""
+    raw_sources = _read("sources.json").get("sources")
+    if not isinstance(raw_sources, dict):
+        raise KnowledgeBaseError("sources.json: 'sources' must be an object")
+    sources: dict[str, Source] = {}
+    for key, entry in raw_sources.items():
+        where = f"sources.json {key}"
+        if not isinstance(entry, dict):
+            raise KnowledgeBaseError(f"{where}: must be an object")
+        url = entry.get("url")
+        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+            raise KnowledgeBaseError(f"{where}: url must be absolute http(s)")
+        sources[key] = Source(key, _require(entry, "citation", str, where), url, bool(entry.get("link")))
+
+    raw_thresholds = _read("thresholds.json").get("thresholds")
+    if not isinstance(raw_thresholds, dict):
+        raise KnowledgeBaseError("thresholds.json: 'thresholds' must be an object")
+    thresholds: dict[str, Threshold] = {}
+    for key, entry in raw_thresholds.items():
+        where = f"thresholds.json {key}"
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise KnowledgeBaseError(f"{where}: 'value' must be a number")
+        thresholds[key] = Threshold(
+            id=key,
+            value=float(value),
+            unit=_require(entry, "unit", str, where),
+            meaning=_require(entry, "meaning", str, where),
+            sources=_sources(entry, where, sources),
+            evidence=entry["evidence"],
+        )
+
+    raw_items = _read("workup.json").get("items")
+    if not isinstance(raw_items, list):
+        raise KnowledgeBaseError("workup.json: 'items' must be a list")
+    workup: list[WorkupItem] = []
+    for index, entry in enumerate(raw_items):
+        where = f"workup.json item {index}"
+        if not isinstance(entry, dict):
+            raise KnowledgeBaseError(f"{where}: must be an object")
+        trigger = _require(entry, "trigger", str, where)
+        if trigger not in WORKUP_TRIGGERS:
+            raise KnowledgeBaseError(f"{where}: unknown trigger '{trigger}'")
+        never_when = entry.get("never_when")
+        if never_when is not None and never_when not in WORKUP_TRIGGERS:
+            raise KnowledgeBaseError(f"{where}: unknown never_when '{never_when}'")
+        workup.append(
+            WorkupItem(
+                id=_require(entry, "id", str, where),
+                label=_require(entry, "label", str, where),
+                kind=_require(entry, "kind", str, where),
+                code=_code(entry.get("code"), where),
+                satisfied_by=tuple(_require(entry, "satisfied_by", list, where)),
+                lookback_days=_optional_int(entry, "lookback_days", where),
+                lookback_days_dialysis=_optional_int(entry, "lookback_days_dialysis", where),
+                trigger=trigger,
+                reason=_require(entry, "reason", str, where),
+                sources=_sources(entry, where, sources),
+                evidence=entry["evidence"],
+                code_note=entry.get("code_note"),
+                never_when=never_when,
+                caution=entry.get("caution"),
+            )
+        )
+    if len({item.id for item in workup}) != len(workup):
+        raise KnowledgeBaseError("workup.json: item ids must be unique")
+
+    raw_differentials = _read("differentials.json").get("differentials")
+    if not isinstance(raw_differentials, list):
+        raise KnowledgeBaseError("differentials.json: 'differentials' must be a list")
+    differentials: list[Differential] = []
+    for index, entry in enumerate(raw_differentials):
+        where = f"differentials.json item {index}"
+        if not isinstance(entry, dict):
+            raise KnowledgeBaseError(f"{where}: must be an object")
+        differentials.append(
+            Differential(
+                id=_require(entry, "id", str, where),
+                label=_require(entry, "label", str, where),
+                separating_test=_require(entry, "separating_test", str, where),
+                test_code=_code(entry.get("test_code"), where),
+                sources=_sources(entry, where, sources),
+                evidence=entry["evidence"],
+            )
+        )
+    return KnowledgeBase(
+        version=KNOWLEDGE_VERSION,
+        sources=sources,
+        thresholds=thresholds,
+        workup=tuple(workup),
+        differentials=tuple(differentials),
+    )
+
+
+@lru_cache(maxsize=1)
+def default_knowledge() -> KnowledgeBase:
+    """The packaged knowledge base, loaded once per process."""
+    return load_knowledge()

@@ -1,0 +1,136 @@
+"""Workup gaps: catalogue items that apply to this picture and have no result in their window.
+
+Which items apply is decided here from the subtype likelihoods and labs ("triggers" named in
+workup.json); what each item is, its code, window and citation, lives in the catalogue.
+Biopsy is never suggested while calciphylaxis is suspected (clinical-knowledge.md 7.2): the item
+is withheld and the withholding is reported, so the card can say why.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from calcinosis.assessment import (
+    DifferentialAssessment,
+    Likelihood,
+    Subtype,
+    SubtypeAssessment,
+    SuppressedWorkup,
+    WorkupGap,
+)
+from calcinosis.context import HIGH, LOW, NORMAL, PatientContext, lab_evidence, procedure_evidence
+from calcinosis.findings import Analyte, ProcedureKind
+from calcinosis.knowledge_base import WorkupItem
+
+ANALYTES = {a.value: a for a in Analyte}
+PROCEDURES = {p.value: p for p in ProcedureKind}
+SUSPECTED = (Likelihood.LIKELY, Likelihood.POSSIBLE)
+
+
+def active_triggers(
+    ctx: PatientContext,
+    subtypes: dict[Subtype, SubtypeAssessment],
+    differentials: tuple[DifferentialAssessment, ...],
+) -> set[str]:
+    """The catalogue triggers that hold for this patient."""
+    triggers = {"always"}
+    calcium_high = ctx.calcium is not None and ctx.calcium.status == HIGH
+    phosphate_high = ctx.phosphate is not None and ctx.phosphate.status == HIGH
+    calciphylaxis = subtypes[Subtype.CALCIPHYLAXIS].likelihood in SUSPECTED
+    if subtypes[Subtype.METASTATIC].likelihood in SUSPECTED or ctx.kidney.at_least_g3a or calciphylaxis:
+        triggers.add("metabolic")
+    if calcium_high:
+        triggers.add("hypercalcemia")
+        pth_state, _, _ = ctx.pth_status()
+        if pth_state == LOW:
+            triggers.add("hypercalcemia-low-pth")
+        elif pth_state in (NORMAL, HIGH):
+            triggers.add("hypercalcemia-pth-not-low")
+    if calcium_high or phosphate_high:
+        triggers.add("hypercalcemia-or-hyperphosphatemia")
+    if any(f.rule_id == "CC-DYS-NOCAUSE" for f in subtypes[Subtype.DYSTROPHIC].findings):
+        triggers.add("suspected-ctd")
+    if any(f.rule_id == "CC-DYS-SSC-FEATURE" for f in subtypes[Subtype.DYSTROPHIC].findings) and not any(
+        f.rule_id == "CC-DYS-CAUSE" for f in subtypes[Subtype.DYSTROPHIC].findings
+    ):
+        triggers.add("suspected-ctd")
+    if calciphylaxis:
+        triggers.add("calciphylaxis-suspected")
+    raised = {d.differential_id for d in differentials if d.raised_by}
+    if "gouty-tophus" in raised:
+        triggers.add("gout-raised")
+    if "xanthoma" in raised:
+        triggers.add("xanthoma-raised")
+    no_likely = not any(s.likelihood is Likelihood.LIKELY for s in subtypes.values())
+    mimic_raised = bool(
+        raised
+        & {"gouty-tophus", "osteoma-cutis", "xanthoma", "primary-hyperoxaluria", "progressive-osseous-heteroplasia"}
+    )
+    if no_likely and (mimic_raised or subtypes[Subtype.IDIOPATHIC].likelihood is Likelihood.POSSIBLE):
+        triggers.add("diagnosis-uncertain")
+    return triggers
+
+
+def _gap(ctx: PatientContext, item: WorkupItem) -> WorkupGap | None:
+    """A gap for `item`, or None when a usable result lies within its window."""
+    lookback = item.lookback_days
+    if ctx.kidney.on_dialysis and item.lookback_days_dialysis is not None:
+        lookback = item.lookback_days_dialysis
+    since = ctx.as_of - timedelta(days=lookback) if lookback is not None else None
+    last = None
+    unusable_note: str | None = None
+    for name in item.satisfied_by:
+        if name in ANALYTES:
+            analyte = ANALYTES[name]
+            if ctx.latest(analyte, since) is not None:
+                return None
+            older = ctx.latest(analyte)
+            if older is not None and (last is None or (last.date is not None and older.effective > last.date)):
+                last = lab_evidence(older, "outside the look-back window")
+            bad = ctx.unusable(analyte, since)
+            if bad:
+                unusable_note = f"a result on file could not be used: {bad[0].unusable_reason}"
+        elif name in PROCEDURES:
+            done = [
+                p
+                for p in ctx.procedures(PROCEDURES[name])
+                if p.status not in ("not-done", "entered-in-error")
+                and (since is None or (p.start is not None and p.start >= since))
+            ]
+            if done:
+                return None
+            earlier = [p for p in ctx.procedures(PROCEDURES[name]) if p.start is not None]
+            if earlier:
+                last = procedure_evidence(
+                    max(earlier, key=lambda p: p.start or ctx.as_of), "outside the look-back window"
+                )
+    reason = item.reason if unusable_note is None else f"{item.reason} ({unusable_note})"
+    return WorkupGap(item.id, item.label, item.kind, item.code, reason, item.sources, lookback, item.code_note, last)
+
+
+def workup_gaps(
+    ctx: PatientContext,
+    subtypes: dict[Subtype, SubtypeAssessment],
+    differentials: tuple[DifferentialAssessment, ...],
+) -> tuple[tuple[WorkupGap, ...], tuple[SuppressedWorkup, ...]]:
+    """Gaps in catalogue order, and items withheld on purpose."""
+    triggers = active_triggers(ctx, subtypes, differentials)
+    gaps: list[WorkupGap] = []
+    suppressed: list[SuppressedWorkup] = []
+    for item in ctx.kb.workup:
+        if item.trigger not in triggers:
+            continue
+        if item.never_when is not None and item.never_when in triggers:
+            suppressed.append(SuppressedWorkup(item.id, item.label, item.caution or f"withheld: {item.never_when}"))
+            continue
+        gap = _gap(ctx, item)
+        if gap is not None:
+            gaps.append(gap)
+    # Biopsy must also never appear when calciphylaxis is suspected even if triggered otherwise.
+    if "calciphylaxis-suspected" in triggers:
+        for item in ctx.kb.workup:
+            if item.never_when == "calciphylaxis-suspected" and item.trigger not in triggers:
+                suppressed.append(
+                    SuppressedWorkup(item.id, item.label, item.caution or "withheld while calciphylaxis is suspected")
+                )
+    return tuple(gaps), tuple(suppressed)

@@ -1,0 +1,1 @@
+"""CDS Hooks protocol layer (service, prefetch, cards). Arrives with the CDS Hooks service issue."""
