@@ -1,0 +1,684 @@
+"""FHIR R4 resources (as decoded JSON) to `calcinosis` findings.
+
+Works on plain dicts rather than typed models because most of a chart is irrelevant: resources are
+selected by code first, and only what the assessment finally cites is validated with
+`fhir.resources` (see `fhir_mapping.pipeline`). Every field read here is type-checked, so a
+malformed resource is skipped and counted, never raised.
+
+Status rules (which records count):
+- Observation: only final, amended and corrected results; registered, preliminary, cancelled,
+  entered-in-error and unknown are skipped.
+- Condition: refuted and entered-in-error are skipped; inactive, resolved and remission are kept
+  with their status (the rules decide where that matters, e.g. no assessment for a resolved
+  calcinosis, but a past gout still raises the gout differential).
+- Medications: entered-in-error, cancelled, draft, not-taken and not-done are skipped.
+- Procedure: not-done, entered-in-error and preparation are skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from calcinosis.findings import (
+    Analyte,
+    ClinicalConcept,
+    ConditionFinding,
+    DataIssue,
+    DrugClass,
+    Interpretation,
+    LabResult,
+    MedicationExposure,
+    PatientFindings,
+    ProcedureFinding,
+    ProcedureKind,
+    Sex,
+    SourceRef,
+)
+from fhir_mapping.terminology import Terminology, normalise_system
+from fhir_mapping.units import normalise
+
+OBSERVATION_COUNTS = frozenset({"final", "amended", "corrected"})
+CONDITION_SKIP = frozenset({"refuted", "entered-in-error"})
+MEDICATION_SKIP = frozenset({"entered-in-error", "cancelled", "draft", "not-taken", "not-done"})
+PROCEDURE_SKIP = frozenset({"not-done", "entered-in-error", "preparation"})
+MEDICATION_TYPES = frozenset({"MedicationRequest", "MedicationStatement", "MedicationAdministration"})
+
+_INTERPRETATION = {
+    "H": Interpretation.HIGH,
+    "HH": Interpretation.HIGH,
+    "HU": Interpretation.HIGH,
+    ">": Interpretation.HIGH,
+    "L": Interpretation.LOW,
+    "LL": Interpretation.LOW,
+    "LU": Interpretation.LOW,
+    "<": Interpretation.LOW,
+    "N": Interpretation.NORMAL,
+    "A": Interpretation.ABNORMAL,
+    "AA": Interpretation.ABNORMAL,
+}
+_DATE = re.compile(
+    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+_NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(-?\d+(?:\.\d+)?)\s*$")
+_MASS_PER_DAY = {"ug": 1.0, "mcg": 1.0, "µg": 1.0, "μg": 1.0, "mg": 1000.0, "ng": 0.001}
+_PERIOD_DAYS = {"h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.4, "a": 365.25}
+
+
+class MalformedResourceError(ValueError):
+    """A resource is structurally unusable; the message is safe to show (no patient data)."""
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """A FHIR date, dateTime or instant as an aware UTC datetime; partial dates take the first
+    day of their period. Anything else is None (never an exception)."""
+    if not isinstance(value, str):
+        return None
+    match = _DATE.match(value.strip())
+    if not match:
+        return None
+    year, month, day, hour, minute, second, zone = match.groups()
+    try:
+        moment = datetime(
+            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=UTC
+        )
+    except ValueError:
+        return None
+    if zone and zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        moment -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    return moment
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _codings(concept: Any) -> list[tuple[str | None, str | None, str | None]]:
+    codings = []
+    for coding in _list(_dict(concept).get("coding")):
+        if isinstance(coding, dict):
+            system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+            codings.append(
+                (
+                    system if isinstance(system, str) else None,
+                    code if isinstance(code, str) else None,
+                    display if isinstance(display, str) else None,
+                )
+            )
+    return codings
+
+
+def _texts(concept: Any) -> list[str]:
+    texts = [d for _, _, d in _codings(concept) if d]
+    text = _dict(concept).get("text")
+    if isinstance(text, str):
+        texts.append(text)
+    return texts
+
+
+def _label(concept: Any) -> str | None:
+    text = _dict(concept).get("text")
+    if isinstance(text, str) and text.strip():
+        return text.strip()
+    for _, _, display in _codings(concept):
+        if display:
+            return display
+    return None
+
+
+def _period_point(period: Any, prefer_end: bool = True) -> datetime | None:
+    period = _dict(period)
+    first, second = ("end", "start") if prefer_end else ("start", "end")
+    return parse_datetime(period.get(first)) or parse_datetime(period.get(second))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value == value and abs(value) != float("inf") else None
+    return None
+
+
+@dataclass(slots=True)
+class MappingResult:
+    """Findings plus an index from `Type/id` to the raw resource (for targeted validation)."""
+
+    findings: PatientFindings
+    index: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class FindingsBuilder:
+    """Accumulates findings from resources of one patient."""
+
+    def __init__(self, terminology: Terminology, as_of: datetime, patient_id: str | None = None) -> None:
+        self.terminology = terminology
+        self.as_of = as_of
+        self.patient_id = patient_id
+        self.labs: list[LabResult] = []
+        self.conditions: list[ConditionFinding] = []
+        self.medications: list[MedicationExposure] = []
+        self.procedures: list[ProcedureFinding] = []
+        self.issues: list[DataIssue] = []
+        self.index: dict[str, dict[str, Any]] = {}
+        self.medication_resources: dict[str, dict[str, Any]] = {}
+        self.sex = Sex.UNKNOWN
+        self.birth_date: date | None = None
+        self.seen = 0
+        self.skipped = 0
+        self.has_medication_data = False
+        self.has_procedure_data = False
+
+    # ----- entry point ---------------------------------------------------------------------
+
+    def add_all(self, resources: Iterable[Any]) -> None:
+        """Map every resource; Medication resources are indexed first so references resolve."""
+        items = [r for r in resources]
+        for resource in items:
+            if (
+                isinstance(resource, dict)
+                and resource.get("resourceType") == "Medication"
+                and isinstance(resource.get("id"), str)
+            ):
+                self.medication_resources[f"Medication/{resource['id']}"] = resource
+        for resource in items:
+            self.add(resource)
+
+    def add(self, resource: Any) -> None:
+        """Map one resource, skipping and counting it if it is malformed."""
+        self.seen += 1
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            self._skip("(unnamed resource)", "not a FHIR resource object")
+            return
+        kind = resource["resourceType"]
+        handler = {
+            "Observation": self._observation,
+            "Condition": self._condition,
+            "Procedure": self._procedure,
+            "Patient": self._patient,
+        }.get(kind)
+        if kind in MEDICATION_TYPES:
+            handler = self._medication
+        if handler is None:
+            return
+        resource_id = resource.get("id")
+        reference = f"{kind}/{resource_id}" if isinstance(resource_id, str) and resource_id else f"{kind}/(no id)"
+        try:
+            if not isinstance(resource_id, str) or not resource_id:
+                raise MalformedResourceError("resource has no id")
+            if kind != "Patient" and not self._same_patient(resource):
+                raise MalformedResourceError("subject is another patient")
+            handler(resource, reference)
+        except MalformedResourceError as problem:
+            self._skip(reference, str(problem))
+
+    def build(self) -> MappingResult:
+        """The accumulated findings."""
+        findings = PatientFindings(
+            as_of=self.as_of,
+            sex=self.sex,
+            birth_date=self.birth_date,
+            labs=tuple(self.labs),
+            conditions=tuple(self.conditions),
+            medications=tuple(self.medications),
+            procedures=tuple(self.procedures),
+            has_medication_data=self.has_medication_data,
+            has_procedure_data=self.has_procedure_data,
+            issues=tuple(self.issues),
+            resources_seen=self.seen,
+            resources_skipped=self.skipped,
+        )
+        return MappingResult(findings, self.index)
+
+    # ----- helpers -------------------------------------------------------------------------
+
+    def _skip(self, reference: str, reason: str) -> None:
+        self.skipped += 1
+        self.issues.append(DataIssue(reference, f"skipped: {reason}"))
+
+    def _same_patient(self, resource: dict[str, Any]) -> bool:
+        """Reject resources about another patient (an over-broad prefetch must not leak in)."""
+        if self.patient_id is None:
+            return True
+        subject = resource.get("subject") or resource.get("patient")
+        reference = _dict(subject).get("reference")
+        if not isinstance(reference, str) or not reference.startswith("Patient/"):
+            return True
+        return reference.split("/", 2)[1] == self.patient_id
+
+    def _status(self, resource: dict[str, Any]) -> str:
+        status = resource.get("status")
+        if not isinstance(status, str):
+            raise MalformedResourceError("status missing")
+        return status
+
+    def _source(
+        self, kind: str, resource_id: str, system: str | None, code: str | None, display: str | None
+    ) -> SourceRef:
+        return SourceRef(kind, resource_id, normalise_system(system), code, display)
+
+    # ----- Patient -------------------------------------------------------------------------
+
+    def _patient(self, resource: dict[str, Any], reference: str) -> None:
+        gender = resource.get("gender")
+        if isinstance(gender, str) and gender in Sex.__members__.values():
+            self.sex = Sex(gender)
+        birth = parse_datetime(resource.get("birthDate"))
+        if birth is not None:
+            self.birth_date = birth.date()
+
+    # ----- Observation ---------------------------------------------------------------------
+
+    def _observation(self, resource: dict[str, Any], reference: str) -> None:
+        matches = self._lab_matches(resource.get("code"))
+        component_matches = []
+        for component in _list(resource.get("component")):
+            if isinstance(component, dict):
+                found = self._lab_matches(component.get("code"))
+                if found:
+                    component_matches.append((component, found))
+        if not matches and not component_matches:
+            return
+        status = self._status(resource)
+        if status not in OBSERVATION_COUNTS:
+            self._skip(reference, f"status '{status}' does not count")
+            return
+        effective, from_issued = self._observation_date(resource)
+        if effective is None:
+            raise MalformedResourceError("no effective date or issued time")
+        self.index[reference] = resource
+        resource_id = resource["id"]
+        interpretation = self._interpretation(resource)
+        for analyte, (system, code, display) in matches:
+            self.labs.append(
+                self._lab(
+                    analyte,
+                    resource,
+                    resource_id,
+                    system,
+                    code,
+                    display,
+                    effective,
+                    from_issued,
+                    interpretation,
+                    reference,
+                )
+            )
+        for component, found in component_matches:
+            component_interpretation = self._interpretation(component)
+            for analyte, (system, code, display) in found:
+                self.labs.append(
+                    self._lab(
+                        analyte,
+                        component,
+                        resource_id,
+                        system,
+                        code,
+                        display,
+                        effective,
+                        from_issued,
+                        component_interpretation,
+                        reference,
+                    )
+                )
+
+    def _lab_matches(self, concept: Any) -> list[tuple[Analyte, tuple[str | None, str | None, str | None]]]:
+        found: list[tuple[Analyte, tuple[str | None, str | None, str | None]]] = []
+        for coding in _codings(concept):
+            for finding in self.terminology.match_code(coding[0], coding[1]):
+                if isinstance(finding, Analyte) and all(finding is not f for f, _ in found):
+                    found.append((finding, coding))
+        return found
+
+    def _observation_date(self, resource: dict[str, Any]) -> tuple[datetime | None, bool]:
+        moment = (
+            parse_datetime(resource.get("effectiveDateTime"))
+            or _period_point(resource.get("effectivePeriod"))
+            or parse_datetime(resource.get("effectiveInstant"))
+        )
+        if moment is not None:
+            return moment, False
+        issued = parse_datetime(resource.get("issued"))
+        return issued, issued is not None
+
+    def _interpretation(self, element: dict[str, Any]) -> Interpretation | None:
+        for concept in _list(element.get("interpretation")):
+            for _, code, _ in _codings(concept):
+                if code in _INTERPRETATION:
+                    return _INTERPRETATION[code]
+        return None
+
+    def _lab(
+        self,
+        analyte: Analyte,
+        element: dict[str, Any],
+        resource_id: str,
+        system: str | None,
+        code: str | None,
+        display: str | None,
+        effective: datetime,
+        from_issued: bool,
+        interpretation: Interpretation | None,
+        reference: str,
+    ) -> LabResult:
+        source = self._source("Observation", resource_id, system, code, display)
+        quantity = element.get("valueQuantity")
+        value: float | None = None
+        comparator: str | None = None
+        units: list[str] = []
+        qualitative: str | None = None
+        reason: str | None = None
+        if isinstance(quantity, dict):
+            value = _number(quantity.get("value"))
+            raw_comparator = quantity.get("comparator")
+            comparator = raw_comparator if raw_comparator in ("<", "<=", ">", ">=") else None
+            for key in ("code", "unit"):
+                spelled = quantity.get(key)
+                if isinstance(spelled, str) and spelled.strip() and spelled not in units:
+                    units.append(spelled)
+            if value is None:
+                reason = "valueQuantity has no numeric value"
+        elif isinstance(element.get("valueString"), str):
+            match = _NUMBER.match(element["valueString"])
+            if match:
+                comparator, value = match.group(1), float(match.group(2))
+                reason = "numeric result given as text without a unit"
+            else:
+                qualitative = element["valueString"][:40]
+        elif isinstance(element.get("valueCodeableConcept"), dict):
+            qualitative = _label(element["valueCodeableConcept"])
+        elif _number(element.get("valueInteger")) is not None:
+            value = _number(element.get("valueInteger"))
+            reason = "numeric result without a unit"
+        else:
+            reason = "no value" + (" (data absent)" if "dataAbsentReason" in element else "")
+        reported = "no value"
+        if value is not None:
+            reported = f"{comparator or ''}{value:g} {units[0] if units else ''}".strip()
+        elif qualitative is not None:
+            reported = qualitative
+        normalised_value: float | None = None
+        unit: str | None = None
+        if value is not None and reason is None:
+            normalised = normalise(analyte, value, units)
+            normalised_value, unit, reason = normalised.value, normalised.unit, normalised.reason
+        elif value is not None and reason is not None and not units:
+            normalised = normalise(analyte, value, [])
+            if normalised.reason is None and normalised.value is not None:
+                # Analytes with no canonical unit (titres, assay units) accept a bare number.
+                normalised_value, unit, reason = normalised.value, normalised.unit, None
+        low, high = self._reference_range(analyte, element) if normalised_value is not None else (None, None)
+        if reason is not None:
+            self.issues.append(DataIssue(reference, f"{analyte.value} not usable: {reason}"))
+        return LabResult(
+            analyte=analyte,
+            source=source,
+            effective=effective,
+            value=normalised_value if reason is None else None,
+            unit=unit,
+            reported=reported,
+            comparator=comparator,
+            reference_low=low,
+            reference_high=high,
+            interpretation=interpretation,
+            qualitative=qualitative,
+            date_from_issued=from_issued,
+            unusable_reason=reason,
+        )
+
+    def _reference_range(self, analyte: Analyte, element: dict[str, Any]) -> tuple[float | None, float | None]:
+        for entry in _list(element.get("referenceRange")):
+            if not isinstance(entry, dict):
+                continue
+            kind = [code for _, code, _ in _codings(entry.get("type"))]
+            if kind and "normal" not in kind:
+                continue
+            bounds: list[float | None] = []
+            for key in ("low", "high"):
+                quantity = _dict(entry.get(key))
+                number = _number(quantity.get("value"))
+                if number is None:
+                    bounds.append(None)
+                    continue
+                units = [u for u in (quantity.get("code"), quantity.get("unit")) if isinstance(u, str) and u.strip()]
+                converted = normalise(analyte, number, units)
+                bounds.append(converted.value if converted.reason is None else None)
+            if bounds[0] is not None or bounds[1] is not None:
+                return bounds[0], bounds[1]
+        return None, None
+
+    # ----- Condition -----------------------------------------------------------------------
+
+    def _condition(self, resource: dict[str, Any], reference: str) -> None:
+        concept = resource.get("code")
+        found: list[tuple[ClinicalConcept, tuple[str | None, str | None, str | None], bool]] = []
+        for coding in _codings(concept):
+            for finding in self.terminology.match_code(coding[0], coding[1]):
+                if isinstance(finding, ClinicalConcept) and all(finding is not f for f, _, _ in found):
+                    found.append((finding, coding, False))
+        label = _label(concept)
+        for text in _texts(concept):
+            for finding in self.terminology.match_text("condition", text):
+                if isinstance(finding, ClinicalConcept) and all(finding is not f for f, _, _ in found):
+                    found.append((finding, (None, None, label), True))
+        if not found:
+            return
+        verification = self._status_code(resource.get("verificationStatus"))
+        if verification in CONDITION_SKIP:
+            self._skip(reference, f"verification status '{verification}'")
+            return
+        clinical = self._status_code(resource.get("clinicalStatus"))
+        if clinical == "entered-in-error":
+            self._skip(reference, "clinical status 'entered-in-error'")
+            return
+        onset = parse_datetime(resource.get("onsetDateTime")) or _period_point(
+            resource.get("onsetPeriod"), prefer_end=False
+        )
+        recorded = parse_datetime(resource.get("recordedDate"))
+        abatement = parse_datetime(resource.get("abatementDateTime")) or _period_point(resource.get("abatementPeriod"))
+        body_sites = tuple(site for site in (_label(s) for s in _list(resource.get("bodySite"))) if site)
+        self.index[reference] = resource
+        for finding, (system, code, display), by_text in found:
+            self.conditions.append(
+                ConditionFinding(
+                    concept=finding,
+                    source=self._source("Condition", resource["id"], system, code, display or label),
+                    onset=onset,
+                    recorded=recorded,
+                    abatement=abatement,
+                    clinical_status=clinical,
+                    verification_status=verification,
+                    body_sites=body_sites,
+                    matched_by_text=by_text,
+                )
+            )
+
+    def _status_code(self, concept: Any) -> str | None:
+        for _, code, _ in _codings(concept):
+            if code:
+                return code
+        return None
+
+    # ----- Medications ---------------------------------------------------------------------
+
+    def _medication_concept(self, resource: dict[str, Any]) -> Any:
+        if "medicationCodeableConcept" in resource:
+            return resource["medicationCodeableConcept"]
+        reference = _dict(resource.get("medicationReference")).get("reference")
+        if not isinstance(reference, str):
+            raise MalformedResourceError("no medication given")
+        if reference.startswith("#"):
+            for contained in _list(resource.get("contained")):
+                if (
+                    isinstance(contained, dict)
+                    and contained.get("id") == reference[1:]
+                    and contained.get("resourceType") == "Medication"
+                ):
+                    return contained.get("code")
+            raise MalformedResourceError("contained Medication not found")
+        medication = self.medication_resources.get(
+            reference if reference.startswith("Medication/") else f"Medication/{reference.rsplit('/', 1)[-1]}"
+        )
+        if medication is None:
+            # The referenced Medication was not supplied: the display on the reference may name it.
+            display = _dict(resource.get("medicationReference")).get("display")
+            return {"text": display} if isinstance(display, str) else None
+        return medication.get("code")
+
+    def _medication(self, resource: dict[str, Any], reference: str) -> None:
+        kind = resource["resourceType"]
+        self.has_medication_data = True
+        concept = self._medication_concept(resource)
+        found: list[tuple[DrugClass, tuple[str | None, str | None, str | None]]] = []
+        for coding in _codings(concept):
+            for finding in self.terminology.match_code(coding[0], coding[1]):
+                if isinstance(finding, DrugClass) and all(finding is not f for f, _ in found):
+                    found.append((finding, coding))
+        label = _label(concept)
+        for text in _texts(concept):
+            for finding in self.terminology.match_text("medication", text):
+                if isinstance(finding, DrugClass) and all(finding is not f for f, _ in found):
+                    found.append((finding, (None, None, label)))
+        if not found:
+            return
+        status = self._status(resource)
+        if status in MEDICATION_SKIP:
+            self._skip(reference, f"status '{status}'")
+            return
+        start, end, route, dose = self._medication_timing(resource, kind, status)
+        self.index[reference] = resource
+        for drug_class, (system, code, display) in found:
+            self.medications.append(
+                MedicationExposure(
+                    drug_class=drug_class,
+                    source=self._source(kind, resource["id"], system, code, display or label),
+                    start=start,
+                    end=end,
+                    status=status,
+                    route=route,
+                    daily_dose_mcg=dose,
+                    name=label,
+                )
+            )
+
+    def _medication_timing(
+        self, resource: dict[str, Any], kind: str, status: str
+    ) -> tuple[datetime | None, datetime | None, str | None, float | None]:
+        dosages: list[Any]
+        if kind == "MedicationAdministration":
+            dosages = [resource.get("dosage")] if isinstance(resource.get("dosage"), dict) else []
+            start = parse_datetime(resource.get("effectiveDateTime")) or _period_point(
+                resource.get("effectivePeriod"), prefer_end=False
+            )
+            end = _period_point(resource.get("effectivePeriod")) or start
+        elif kind == "MedicationStatement":
+            dosages = _list(resource.get("dosage"))
+            start = (
+                parse_datetime(resource.get("effectiveDateTime"))
+                or _period_point(resource.get("effectivePeriod"), prefer_end=False)
+                or parse_datetime(resource.get("dateAsserted"))
+            )
+            end = parse_datetime(_dict(resource.get("effectivePeriod")).get("end"))
+        else:
+            dosages = _list(resource.get("dosageInstruction"))
+            start = parse_datetime(resource.get("authoredOn"))
+            end = parse_datetime(_dict(_dict(resource.get("dispenseRequest")).get("validityPeriod")).get("end"))
+            for dosage in dosages:
+                bounds = _dict(_dict(_dict(dosage).get("timing")).get("repeat")).get("boundsPeriod")
+                start = start or _period_point(bounds, prefer_end=False)
+                end = end or parse_datetime(_dict(bounds).get("end"))
+        if end is None and status in ("completed", "stopped") and kind != "MedicationStatement":
+            end = start
+        route: str | None = None
+        dose: float | None = None
+        for dosage in dosages:
+            dosage = _dict(dosage)
+            route = route or _label(dosage.get("route"))
+            dose = dose if dose is not None else self._daily_dose(dosage)
+        return start, end, route, dose
+
+    def _daily_dose(self, dosage: dict[str, Any]) -> float | None:
+        """Micrograms a day from a dose quantity and timing, or None when not derivable."""
+        quantity: dict[str, Any] = {}
+        for dose_and_rate in _list(dosage.get("doseAndRate")):
+            quantity = _dict(_dict(dose_and_rate).get("doseQuantity"))
+            if quantity:
+                break
+        if not quantity:
+            quantity = _dict(dosage.get("dose"))
+        amount = _number(quantity.get("value"))
+        unit = quantity.get("code") or quantity.get("unit")
+        if amount is None or not isinstance(unit, str) or unit.strip().lower() not in _MASS_PER_DAY:
+            return None
+        repeat = _dict(_dict(dosage.get("timing")).get("repeat"))
+        frequency = _number(repeat.get("frequency")) or 1.0
+        period = _number(repeat.get("period"))
+        period_unit = repeat.get("periodUnit")
+        if period is None or period <= 0 or period_unit not in _PERIOD_DAYS:
+            return None
+        return amount * _MASS_PER_DAY[unit.strip().lower()] * frequency / (period * _PERIOD_DAYS[period_unit])
+
+    # ----- Procedure -----------------------------------------------------------------------
+
+    def _procedure(self, resource: dict[str, Any], reference: str) -> None:
+        self.has_procedure_data = True
+        concept = resource.get("code")
+        found: list[tuple[ProcedureKind, tuple[str | None, str | None, str | None]]] = []
+        for coding in _codings(concept):
+            for finding in self.terminology.match_code(coding[0], coding[1]):
+                if isinstance(finding, ProcedureKind) and all(finding is not f for f, _ in found):
+                    found.append((finding, coding))
+        label = _label(concept)
+        for text in _texts(concept):
+            for finding in self.terminology.match_text("procedure", text):
+                if isinstance(finding, ProcedureKind) and all(finding is not f for f, _ in found):
+                    found.append((finding, (None, None, label)))
+        if not found:
+            return
+        status = self._status(resource)
+        if status in PROCEDURE_SKIP:
+            self._skip(reference, f"status '{status}'")
+            return
+        start = parse_datetime(resource.get("performedDateTime")) or _period_point(
+            resource.get("performedPeriod"), prefer_end=False
+        )
+        end = _period_point(resource.get("performedPeriod")) or start
+        self.index[reference] = resource
+        for kind, (system, code, display) in found:
+            self.procedures.append(
+                ProcedureFinding(
+                    kind, self._source("Procedure", resource["id"], system, code, display or label), start, end, status
+                )
+            )
+
+
+def bundle_resources(bundle: Any) -> Iterator[Any]:
+    """The resources of a Bundle's entries (any Bundle type); nested Bundles are flattened and
+    OperationOutcome entries (search warnings) are dropped."""
+    for entry in _list(_dict(bundle).get("entry")):
+        resource = _dict(entry).get("resource")
+        if isinstance(resource, dict) and resource.get("resourceType") == "Bundle":
+            yield from bundle_resources(resource)
+        elif isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
+            continue
+        elif resource is not None:
+            yield resource
+        else:
+            yield entry
+
+
+def map_resources(
+    resources: Iterable[Any], terminology: Terminology, as_of: datetime, patient_id: str | None = None
+) -> MappingResult:
+    """Map resources of one patient to findings."""
+    builder = FindingsBuilder(terminology, as_of, patient_id)
+    builder.add_all(resources)
+    return builder.build()

@@ -1,0 +1,103 @@
+"""The public function the service calls per request: FHIR resources in, assessment out.
+
+Validation with `fhir.resources` costs a fraction of a millisecond per resource, too much to spend
+on every Observation of a decade of dialysis labs. So resources are mapped from plain JSON, the
+assessment is computed, and then exactly the resources it cites are validated against the FHIR R4
+models. A cited resource that fails is dropped (and counted) and the assessment recomputed, until
+everything cited is valid; each round removes at least one resource, so this terminates, and in
+the normal case it is a single round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from pydantic import ValidationError
+
+from calcinosis.assessment import Assessment
+from calcinosis.engine import assess
+from calcinosis.findings import DataIssue, PatientFindings
+from calcinosis.knowledge_base import KnowledgeBase
+from fhir_mapping.mapping import map_resources
+from fhir_mapping.terminology import Terminology, load_terminology
+
+
+@dataclass(frozen=True, slots=True)
+class AssessmentResult:
+    """The assessment (None in the silent case) and the findings it was computed from."""
+
+    assessment: Assessment | None
+    findings: PatientFindings
+
+
+@lru_cache(maxsize=1)
+def default_terminology() -> Terminology:
+    """The packaged value sets without local additions (tests and the command line)."""
+    return load_terminology()
+
+
+def validation_problem(resource: dict[str, Any]) -> str | None:
+    """Why a resource fails FHIR R4 validation, naming fields only (never their values)."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        model = get_fhir_model_class(str(resource.get("resourceType")))
+    except (KeyError, ValueError):
+        return "unknown resource type"
+    try:
+        model.model_validate(resource)
+    except ValidationError as error:
+        fields = sorted({".".join(str(part) for part in item["loc"]) for item in error.errors()})
+        return "fails FHIR R4 validation at " + ", ".join(fields[:5])
+    except (TypeError, ValueError):
+        return "fails FHIR R4 validation"
+    return None
+
+
+def _without(findings: PatientFindings, invalid: dict[str, str]) -> PatientFindings:
+    def keep(reference: str) -> bool:
+        return reference not in invalid
+
+    return replace(
+        findings,
+        labs=tuple(f for f in findings.labs if keep(f.source.reference)),
+        conditions=tuple(f for f in findings.conditions if keep(f.source.reference)),
+        medications=tuple(f for f in findings.medications if keep(f.source.reference)),
+        procedures=tuple(f for f in findings.procedures if keep(f.source.reference)),
+        issues=findings.issues + tuple(DataIssue(ref, f"skipped: {why}") for ref, why in invalid.items()),
+        resources_skipped=findings.resources_skipped + len(invalid),
+    )
+
+
+def assess_resources(
+    resources: Iterable[Any],
+    as_of: datetime,
+    patient_id: str | None = None,
+    terminology: Terminology | None = None,
+    knowledge: KnowledgeBase | None = None,
+    validate: bool = True,
+) -> AssessmentResult:
+    """Assess one patient's resources as of a moment (timezone-aware)."""
+    mapped = map_resources(resources, terminology or default_terminology(), as_of, patient_id)
+    findings = mapped.findings
+    checked: set[str] = set()
+    invalid: dict[str, str] = {}
+    while True:
+        assessment = assess(findings, knowledge)
+        if assessment is None or not validate:
+            return AssessmentResult(assessment, findings)
+        newly: dict[str, str] = {}
+        for reference in assessment.evidence_references - checked:
+            checked.add(reference)
+            resource = mapped.index.get(reference)
+            problem = validation_problem(resource) if resource is not None else None
+            if problem is not None:
+                newly[reference] = problem
+        if not newly:
+            return AssessmentResult(assessment, findings)
+        invalid.update(newly)
+        findings = _without(findings, newly)

@@ -1,0 +1,58 @@
+"""The knowledge base loads, cites only known sources, and fails loudly when malformed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from calcinosis import knowledge_base
+from calcinosis.knowledge_base import KnowledgeBaseError, load_knowledge
+
+PACKAGE = Path(knowledge_base.__file__).parent
+
+
+def test_loads_and_every_reference_resolves() -> None:
+    kb = load_knowledge()
+    assert kb.thresholds and kb.workup and kb.differentials
+    for differential_id in (
+        "gouty-tophus",
+        "osteoma-cutis",
+        "progressive-osseous-heteroplasia",
+        "primary-hyperoxaluria",
+        "xanthoma",
+    ):
+        assert kb.differential(differential_id).separating_test
+
+
+def test_every_source_key_and_threshold_named_in_the_rules_exists() -> None:
+    kb = load_knowledge()
+    code = "\n".join(p.read_text() for p in PACKAGE.glob("*.py"))
+    for key in set(re.findall(r'"([A-Z][A-Za-z0-9]+(?:-[A-Za-z0-9]+)+)"', code)):
+        if key.startswith(("CC-", "DX-", "G1")):
+            continue
+        assert key in kb.sources, f"rule cites unknown source {key}"
+    for threshold in set(re.findall(r'(?:value|threshold)\("([a-z0-9-]+)"\)', code)):
+        assert threshold in kb.thresholds, f"rule uses unknown threshold {threshold}"
+
+
+def test_biopsy_is_never_suggested_in_suspected_calciphylaxis_by_data() -> None:
+    biopsy = next(item for item in load_knowledge().workup if item.id == "skin-biopsy")
+    assert biopsy.never_when == "calciphylaxis-suspected" and biopsy.caution
+
+
+def test_a_malformed_file_fails_start_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    original = knowledge_base._read
+
+    def broken(name: str) -> dict:  # type: ignore[type-arg]
+        data = original(name)
+        if name == "thresholds.json":
+            data = json.loads(json.dumps(data))
+            data["thresholds"]["phosphate-upper"]["sources"] = ["No-Such-Source"]
+        return data
+
+    monkeypatch.setattr(knowledge_base, "_read", broken)
+    with pytest.raises(KnowledgeBaseError, match="phosphate-upper: unknown source 'No-Such-Source'"):
+        load_knowledge()
