@@ -272,7 +272,7 @@ class PatientContext:
         upper_sources: tuple[str, ...] = ()
         if upper is None and upper_id is not None:
             threshold = self.kb.threshold(upper_id)
-            upper, upper_basis, upper_sources = threshold.value, f"fallback cut-off ({upper_id})", threshold.sources
+            upper, upper_basis, upper_sources = threshold.value, "fallback cut-off", threshold.sources
         above = is_above(value, comparator, upper) if upper is not None else False
         if upper is not None:
             comparisons.append(
@@ -292,7 +292,7 @@ class PatientContext:
         lower_sources: tuple[str, ...] = ()
         if lower is None and lower_id is not None:
             threshold = self.kb.threshold(lower_id)
-            lower, lower_basis, lower_sources = threshold.value, f"fallback cut-off ({lower_id})", threshold.sources
+            lower, lower_basis, lower_sources = threshold.value, "fallback cut-off", threshold.sources
         below = is_below(value, comparator, lower) if lower is not None else False
         if lower is not None:
             comparisons.append(
@@ -529,7 +529,8 @@ class PatientContext:
         category = kidney.category
         if kidney.egfr is not None:
             inputs.append(lab_evidence(kidney.egfr))
-            for threshold_id in ("egfr-g2", "egfr-g3a", "egfr-g3b", "egfr-g4", "egfr-g5"):
+            # Only the boundary that decides the category is shown.
+            for threshold_id in ("egfr-g5", "egfr-g4", "egfr-g3b", "egfr-g3a", "egfr-g2"):
                 threshold = self.kb.threshold(threshold_id)
                 if kidney.egfr.value is not None and kidney.egfr.value < threshold.value:
                     comparisons.append(
@@ -542,6 +543,7 @@ class PatientContext:
                             threshold.sources,
                         )
                     )
+                    break
             if category in ("G3a", "G3b", "G4", "G5") and not kidney.on_dialysis:
                 notes.append(
                     "eGFR below 60 also at least 3 months earlier (chronic)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from calcinosis.assessment import Evidence, Likelihood, RuleFinding, Subtype, SubtypeAssessment
+from calcinosis.assessment import Comparison, Evidence, Likelihood, RuleFinding, Subtype, SubtypeAssessment
 from calcinosis.context import (
     HIGH,
     LOW,
@@ -98,6 +98,16 @@ def _calcium_finding(ctx: PatientContext, rule_id: str, statement: str) -> RuleF
     return RuleFinding(rule_id, statement, tuple(evidence), ("MSD",))
 
 
+def _limit(comparisons: tuple[Comparison, ...]) -> str:
+    """'the upper limit 4.5 mg/dL (fallback cut-off)' or 'the lab's flag'."""
+    if not comparisons:
+        return "the upper limit"
+    first = comparisons[0]
+    if first.basis == "lab's own interpretation flag":
+        return "the upper limit (lab flag)"
+    return f"the upper limit {first.limit:g} {first.unit} ({first.basis})"
+
+
 def _metabolic_state(ctx: PatientContext) -> tuple[bool | None, list[RuleFinding]]:
     """Whether Ca, P or Ca x P is abnormal (True), all normal (False) or undecidable (None)."""
     findings: list[RuleFinding] = []
@@ -108,16 +118,16 @@ def _metabolic_state(ctx: PatientContext) -> tuple[bool | None, list[RuleFinding
             "corrected": "Corrected calcium",
             "total-uncorrected": "Total calcium (uncorrected)",
         }[calcium.kind]
-        basis = calcium.comparisons[0].basis if calcium.comparisons else "range"
         findings.append(
-            _calcium_finding(ctx, "CC-MET-CA", f"{label} {calcium.value:.1f} mg/dL is above the upper limit ({basis})")
+            _calcium_finding(
+                ctx, "CC-MET-CA", f"{label} {calcium.value:.1f} mg/dL is above {_limit(calcium.comparisons)}"
+            )
         )
     if phosphate is not None and phosphate.status == HIGH:
-        basis = phosphate.comparisons[0].basis if phosphate.comparisons else "range"
         findings.append(
             RuleFinding(
                 "CC-MET-P",
-                f"Phosphate {phosphate.value:.1f} mg/dL is above the upper limit ({basis})",
+                f"Phosphate {phosphate.value:.1f} mg/dL is above {_limit(phosphate.comparisons)}",
                 (lab_evidence(phosphate.lab),),
                 ("StatPearls",),
             )

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
 
 from calcinosis.assessment import Assessment
-from calcinosis.engine import assess
+from calcinosis.engine import assess, entry_evidence
 from calcinosis.findings import DataIssue, PatientFindings
 from calcinosis.knowledge_base import KnowledgeBase
 from fhir_mapping.mapping import map_resources
@@ -101,3 +101,14 @@ def assess_resources(
             return AssessmentResult(assessment, findings)
         invalid.update(newly)
         findings = _without(findings, newly)
+
+
+def documents_calcinosis(resources: Iterable[Any], terminology: Terminology | None = None) -> bool:
+    """Whether the Conditions among `resources` document calcinosis cutis or calciphylaxis.
+
+    Cheap (Conditions only): the service uses it to stop fetching for the many charts it will be
+    silent on.
+    """
+    conditions = [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Condition"]
+    mapped = map_resources(conditions, terminology or default_terminology(), datetime.now(UTC))
+    return bool(entry_evidence(mapped.findings))

@@ -1,0 +1,183 @@
+"""The FastAPI application: discovery, the service call, feedback, and error answers.
+
+Request bodies are decoded with orjson and validated against the spec models by hand rather than by
+FastAPI's body parameters, for two reasons: FastAPI's default 422 answer echoes the input back (here
+that would be patient data), and the spec wants 400 with an OperationOutcome. Every error answer
+is an OperationOutcome naming fields only; nothing from the request body is echoed or logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hooks.feedback import FeedbackStore
+from hooks.models import Discovery, Feedback, HookRequest, operation_outcome
+from hooks.prefetch import DataUnobtainableError
+from hooks.service import HOOK, SERVICE_ID, SPEC_VERSION, CalcinosisService, InvalidContextError
+from hooks.settings import Settings
+
+log = logging.getLogger("calcinosis_cds")
+MAX_BODY_BYTES = 10_000_000
+M = TypeVar("M", bound=BaseModel)
+
+
+class ORJSONResponse(JSONResponse):
+    """JSON response encoded with orjson (fast, and no NaN)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ApiError(Exception):
+    """An answer other than 200, carried to the handler that renders the OperationOutcome."""
+
+    def __init__(self, status: int, code: str, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.status = status
+        self.code = code
+        self.diagnostics = diagnostics
+
+
+def problem(status: int, code: str, diagnostics: str) -> ORJSONResponse:
+    """An OperationOutcome response."""
+    return ORJSONResponse(operation_outcome(code, diagnostics), status_code=status)
+
+
+def _field_errors(error: ValidationError) -> str:
+    """Field paths and messages only: pydantic's own rendering includes the input values."""
+    parts = []
+    for item in error.errors()[:10]:
+        location = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{location}: {item['msg']}")
+    return "; ".join(parts)
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, or an ApiError (415 wrong type, 413 too large, 400 not JSON)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/json", "application/fhir+json") and not content_type.endswith("+json"):
+        raise ApiError(415, "not-supported", "Content-Type must be application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "too-costly", "request body is too large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "too-costly", "request body is too large")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, "invalid", "request body is not valid JSON") from error
+
+
+def validate(model: type[M], data: Any) -> M:
+    """Validate against a spec model; 400 naming the fields on failure."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ApiError(400, "invalid", _field_errors(error)) from error
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; the knowledge base and value sets load (and are checked) here."""
+    settings = settings or Settings()
+    service = CalcinosisService(settings)
+    feedback = FeedbackStore()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+            app.state.http = http
+            yield
+
+    app = FastAPI(title="calcinosis-cds", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse)
+    app.state.service = service
+    app.state.feedback = feedback
+    app.state.http = None
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        max_age=600,
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> Response:
+        return problem(error.status, error.code, error.diagnostics)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+        return problem(400, "invalid", "request does not match the API")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported"}.get(error.status_code, "processing")
+        return problem(error.status_code, code, str(error.detail) if error.status_code < 500 else "server error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "exception", "internal error; see the service log")
+
+    @app.get("/cds-services")
+    async def discovery() -> Response:
+        body = Discovery(services=[service.describe()], version=SPEC_VERSION)
+        return ORJSONResponse(body.wire())
+
+    @app.post("/cds-services/{service_id}")
+    async def call(service_id: str, request: Request) -> Response:
+        started = time.perf_counter()
+        if service_id != SERVICE_ID:
+            raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
+        hook_request = validate(HookRequest, await read_json(request))
+        if hook_request.hook != HOOK:
+            raise ApiError(400, "not-supported", f"service '{SERVICE_ID}' answers the '{HOOK}' hook only")
+        try:
+            outcome = await service.handle(hook_request, request.app.state.http)
+        except InvalidContextError as error:
+            raise ApiError(400, "invalid", str(error)) from error
+        except DataUnobtainableError as error:
+            log.info("hook=%s hookInstance=%s status=412 reason=%s", HOOK, hook_request.hook_instance, error)
+            raise ApiError(412, "processing", str(error)) from error
+        log.info(
+            "hook=%s hookInstance=%s service=%s status=200 cards=%d fhirRequests=%d prefetch=%s ms=%.1f",
+            HOOK,
+            hook_request.hook_instance,
+            SERVICE_ID,
+            len(outcome.response.cards),
+            outcome.data.fhir_requests,
+            ",".join(f"{k}:{v}" for k, v in sorted(outcome.data.how.items())),
+            (time.perf_counter() - started) * 1000,
+        )
+        return ORJSONResponse(outcome.response.wire())
+
+    @app.post("/cds-services/{service_id}/feedback")
+    async def receive_feedback(service_id: str, request: Request) -> Response:
+        if service_id != SERVICE_ID:
+            raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
+        body = validate(Feedback, await read_json(request))
+        new = feedback.add(service_id, body.feedback)
+        log.info("feedback service=%s items=%d new=%d", service_id, len(body.feedback), new)
+        return ORJSONResponse({"received": len(body.feedback), "new": new})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return ORJSONResponse({"status": "ok"})
+
+    return app

@@ -1,0 +1,446 @@
+"""Assessment to CDS Hooks cards: subtype, workup and differentials (at most three).
+
+Readable and machine-readable at once: `summary` and markdown `detail` for the clinician, and an
+`extension` with the structured assessment for the EHR. Wording follows the knowledge base's
+section 11: "consider", "pattern consistent with", never "diagnosis of"; `critical` is never used.
+Every piece of text that comes from the patient's record is escaped, because the CDS Hooks sandbox
+renders raw HTML inside markdown.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from calcinosis.assessment import (
+    Assessment,
+    DerivedValue,
+    DifferentialAssessment,
+    Evidence,
+    Likelihood,
+    Subtype,
+    SubtypeAssessment,
+    WorkupGap,
+)
+from calcinosis.knowledge_base import KnowledgeBase
+from hooks.models import SUMMARY_MAX, Action, Card, Coding, Link, OverrideReason, Source, Suggestion
+
+EXTENSION_KEY = "org.calcinosis-cds"
+TOPIC_SYSTEM = "urn:calcinosis-cds:card-topic"
+OVERRIDE_SYSTEM = "urn:calcinosis-cds:override-reason"
+CARD_NAMESPACE = uuid.UUID("6f1c3a52-3d0e-4c55-9a53-2b8f0d7f4c11")
+SOURCE_LABEL = "calcinosis-cds knowledge base"
+SOURCE_URL = "https://www.ncbi.nlm.nih.gov/books/NBK448127/"
+SUBTYPE_LABELS = {
+    Subtype.DYSTROPHIC: "dystrophic",
+    Subtype.METASTATIC: "metastatic",
+    Subtype.IDIOPATHIC: "idiopathic",
+    Subtype.IATROGENIC: "iatrogenic",
+    Subtype.CALCIPHYLAXIS: "calciphylaxis",
+}
+RANK = {Likelihood.LIKELY: 0, Likelihood.POSSIBLE: 1, Likelihood.UNLIKELY: 2, Likelihood.UNDETERMINED: 3}
+PRIORITY = (Subtype.CALCIPHYLAXIS, Subtype.METASTATIC, Subtype.IATROGENIC, Subtype.DYSTROPHIC, Subtype.IDIOPATHIC)
+OVERRIDE_REASONS = (
+    ("already-addressed", "Already evaluated or ordered"),
+    ("not-relevant", "Not relevant to this patient now"),
+    ("disagree-with-evidence", "Disagree with the evidence shown"),
+    ("record-data-incorrect", "Record data shown is incorrect"),
+)
+
+
+def md(text: object) -> str:
+    """Text from the record made safe for GitHub-flavoured markdown in a table cell: no HTML,
+    no table breaks, no emphasis surprises."""
+    value = str(text)
+    value = value.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    value = re.sub(r"[*_\[\]]", lambda m: "\\" + m.group(0), value)
+    return " ".join(value.split())
+
+
+def shorten(text: str, limit: int = SUMMARY_MAX) -> str:
+    """Cut at a word boundary to fit the summary limit."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:-")
+    return cut + "…"
+
+
+def prune(value: Any) -> Any:
+    """Drop None, empty strings, lists and objects recursively: the spec forbids empty values,
+    and the extension is built from optional parts."""
+    if isinstance(value, dict):
+        pruned = {k: prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        items = [prune(v) for v in value]
+        return [v for v in items if v not in (None, "", [], {})]
+    return value
+
+
+def card_uuid(hook_instance: uuid.UUID, name: str) -> str:
+    """Stable per hook call and card, so a retried call yields the same ids (feedback stays
+    idempotent) and two calls never share one."""
+    return str(uuid.uuid5(CARD_NAMESPACE, f"{hook_instance}/{name}"))
+
+
+def _date(value: datetime | None) -> str:
+    return value.date().isoformat() if value is not None else "date not recorded"
+
+
+def _evidence_line(evidence: Evidence) -> str:
+    parts = [md(evidence.display or evidence.code or evidence.reference)]
+    if evidence.reported:
+        parts.append(md(evidence.reported))
+    parts.append(_date(evidence.date))
+    if evidence.reference_range:
+        parts.append(f"range {md(evidence.reference_range)}")
+    if evidence.interpretation:
+        parts.append(f"flag {md(evidence.interpretation)}")
+    if evidence.note:
+        parts.append(md(evidence.note))
+    return ", ".join(parts) + f" ({md(evidence.reference)})"
+
+
+def _source_links(kb: KnowledgeBase, keys: list[str]) -> list[Link] | None:
+    links: list[Link] = []
+    seen: set[str] = set()
+    for key in keys:
+        source = kb.sources.get(key)
+        if source is None or not source.link or source.url is None or source.url in seen:
+            continue
+        seen.add(source.url)
+        links.append(Link(label=source.citation[:120], url=source.url, type="absolute"))
+        if len(links) == 5:
+            break
+    return links or None
+
+
+def _overrides() -> list[OverrideReason]:
+    return [OverrideReason(system=OVERRIDE_SYSTEM, code=code, display=display) for code, display in OVERRIDE_REASONS]
+
+
+def _source(topic: str, display: str) -> Source:
+    return Source(label=SOURCE_LABEL, url=SOURCE_URL, topic=Coding(system=TOPIC_SYSTEM, code=topic, display=display))
+
+
+# ----- subtype card -----------------------------------------------------------------------------
+
+
+def _headline(assessment: Assessment) -> tuple[SubtypeAssessment | None, str]:
+    ranked = sorted(
+        (s for s in assessment.subtypes if s.likelihood in (Likelihood.LIKELY, Likelihood.POSSIBLE)),
+        key=lambda s: (RANK[s.likelihood], PRIORITY.index(s.subtype)),
+    )
+    if not ranked:
+        missing = next((s.missing for s in assessment.subtypes if s.missing), ())
+        reason = f"missing {missing[0]}" if missing else "data missing"
+        return None, f"Calcinosis cutis: cannot classify the subtype yet ({reason})"
+    return ranked[0], ""
+
+
+def _why(subtype: SubtypeAssessment, assessment: Assessment) -> str:
+    caxp = assessment.derived_value("calcium-phosphate-product")
+    rules = set(subtype.rule_ids)
+    if subtype.subtype is Subtype.METASTATIC:
+        if "CC-MET-CAXP" in rules and caxp is not None:
+            return f"Ca x P {caxp.value:g} mg²/dL²"
+        first = next((f for f in subtype.findings if f.supports), None)
+        return first.statement if first else ""
+    if subtype.subtype is Subtype.CALCIPHYLAXIS:
+        if "CC-CPX-CODED" in rules:
+            return "recorded on the problem list"
+        factors = [f.label for f in assessment.calciphylaxis_risk.major][:2]
+        return "; ".join(factors) if factors else "advanced kidney disease"
+    first = next((f for f in subtype.findings if f.supports and f.rule_id not in ("CC-DYS-LABS",)), None)
+    if subtype.subtype is Subtype.DYSTROPHIC and first is not None and first.evidence:
+        return f"normal Ca/P with {first.evidence[0].display or 'a tissue-damaging condition'}"
+    return first.statement if first else ""
+
+
+def subtype_summary(assessment: Assessment) -> str:
+    """One specific sentence under 140 characters."""
+    top, fallback = _headline(assessment)
+    if top is None:
+        return shorten(fallback)
+    name = SUBTYPE_LABELS[top.subtype]
+    why = _why(top, assessment)
+    if top.subtype is Subtype.CALCIPHYLAXIS:
+        lead = "Calciphylaxis" if top.likelihood is Likelihood.LIKELY else "Consider calciphylaxis"
+        text = f"{lead}: {why}" if why else lead
+    elif top.likelihood is Likelihood.LIKELY:
+        text = f"Pattern suggests {name} calcinosis: {why}" if why else f"Pattern suggests {name} calcinosis"
+    else:
+        text = f"Consider {name} calcinosis: {why}" if why else f"Consider {name} calcinosis"
+    others = [
+        SUBTYPE_LABELS[s.subtype] for s in assessment.subtypes if s is not top and s.likelihood is Likelihood.LIKELY
+    ]
+    if others:
+        text += f" (also {', '.join(others)})"
+    return shorten(" ".join(text.split()))
+
+
+def _derived_lines(derived: DerivedValue) -> list[str]:
+    value = f"{derived.value:g} {derived.unit or ''}".strip() if derived.value is not None else ""
+    label = derived.name.replace("-", " ")
+    head = f"- **{label}**: {md(value)}"
+    if derived.category:
+        head += f" ({md(derived.category)})"
+    head += f" on {_date(derived.date)}. {md(derived.formula)}."
+    lines = [head]
+    for comparison in derived.comparisons:
+        lines.append(
+            f"  - {md(comparison.outcome)} {comparison.limit:g} {md(comparison.unit)} ({md(comparison.basis)})"
+        )
+    for evidence in derived.inputs:
+        lines.append(f"  - input: {_evidence_line(evidence)}")
+    if derived.note:
+        lines.append(f"  - note: {md(derived.note)}")
+    return lines
+
+
+def subtype_card(assessment: Assessment, kb: KnowledgeBase, hook_instance: uuid.UUID) -> Card:
+    """The subtype card with the evidence, derived values and the structured assessment."""
+    calciphylaxis = assessment.subtype(Subtype.CALCIPHYLAXIS).likelihood
+    warning = calciphylaxis in (Likelihood.LIKELY, Likelihood.POSSIBLE) or assessment.severe_hypercalcemia
+    lines = ["**Suggested subtype of calcinosis cutis** (decision support, not a diagnosis)", ""]
+    lines += ["| Subtype | Likelihood | Why |", "|---|---|---|"]
+    for subtype in sorted(assessment.subtypes, key=lambda s: (RANK[s.likelihood], PRIORITY.index(s.subtype))):
+        reasons = "; ".join(md(f.statement) for f in subtype.findings[:3]) or "-"
+        if subtype.missing:
+            reasons += f" (missing: {md(', '.join(subtype.missing))})"
+        lines.append(f"| {SUBTYPE_LABELS[subtype.subtype]} | {subtype.likelihood.value} | {reasons} |")
+    lines += ["", "**Documented calcinosis**"]
+    lines += [f"- {_evidence_line(e)}" for e in assessment.entry]
+    if assessment.derived:
+        lines += ["", "**Values used**"]
+        for derived in assessment.derived:
+            lines += _derived_lines(derived)
+    risk = assessment.calciphylaxis_risk
+    if risk.major or risk.minor or risk.additional:
+        pattern = {
+            "met": "consensus risk pattern met",
+            "not-met": "consensus risk pattern not met",
+            "not-applicable": "scored for dialysis patients only",
+        }[risk.pattern]
+        lines += ["", f"**Calciphylaxis risk factors** ({pattern})"]
+        for factor in risk.major:
+            lines.append(f"- major: {md(factor.label)}" + (f" ({md(factor.note)})" if factor.note else ""))
+        for factor in risk.minor:
+            lines.append(f"- minor: {md(factor.label)}" + (f" ({md(factor.note)})" if factor.note else ""))
+        for factor in risk.additional:
+            lines.append(f"- also: {md(factor.label)}" + (f" ({md(factor.note)})" if factor.note else ""))
+    lines += ["", f"**Distribution**: {assessment.distribution.label.value} ({md(assessment.distribution.basis)})"]
+    quality = assessment.data_quality
+    if quality.issues:
+        lines += ["", f"**Data not used** ({len(quality.issues)}):"]
+        lines += [f"- {md(issue)}" for issue in quality.issues[:5]]
+    if calciphylaxis in (Likelihood.LIKELY, Likelihood.POSSIBLE):
+        lines += [
+            "",
+            "**Caution**: skin biopsy is not suggested while calciphylaxis is suspected; it can trigger ulceration and infection.",
+        ]
+    lines += ["", f"_Knowledge base {kb.version}; thresholds tagged GK are unconfirmed and await clinician review._"]
+    sources = [key for s in assessment.subtypes for f in s.findings for key in f.sources]
+    extension = {
+        f"{EXTENSION_KEY}.assessment": {
+            "knowledgeVersion": assessment.knowledge_version,
+            "subtypes": [
+                {
+                    "subtype": s.subtype.value,
+                    "likelihood": s.likelihood.value,
+                    "rules": list(s.rule_ids),
+                    **({"missing": list(s.missing)} if s.missing else {}),
+                }
+                for s in assessment.subtypes
+            ],
+            "derived": [
+                {
+                    "name": d.name,
+                    **({"value": d.value} if d.value is not None else {}),
+                    **({"unit": d.unit} if d.unit else {}),
+                    **({"category": d.category} if d.category else {}),
+                    "inputs": [e.reference for e in d.inputs],
+                    "comparisons": [
+                        {"threshold": c.threshold, "limit": c.limit, "unit": c.unit, "outcome": c.outcome}
+                        for c in d.comparisons
+                    ],
+                }
+                for d in assessment.derived
+            ],
+            "distribution": assessment.distribution.label.value,
+            "calciphylaxisRisk": {
+                "pattern": assessment.calciphylaxis_risk.pattern,
+                "major": [f.factor_id for f in risk.major],
+                "minor": [f.factor_id for f in risk.minor],
+            },
+            "resourcesSkipped": quality.resources_skipped,
+        }
+    }
+    return Card(
+        uuid=card_uuid(hook_instance, "subtype"),
+        summary=subtype_summary(assessment),
+        detail="\n".join(lines),
+        indicator="warning" if warning else "info",
+        source=_source("subtype", "Calcinosis subtype"),
+        override_reasons=_overrides(),
+        links=_source_links(kb, sources),
+        extension=prune(extension),
+    )
+
+
+# ----- workup card ------------------------------------------------------------------------------
+
+
+def service_request(gap: WorkupGap, patient_id: str) -> dict[str, Any]:
+    """A draft, proposed ServiceRequest for one gap, validated as FHIR R4 before it is sent."""
+    code: dict[str, Any] = {"text": gap.label}
+    if gap.code is not None:
+        code["coding"] = [{"system": gap.code.system, "code": gap.code.code, "display": gap.code.display}]
+    resource: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "proposal",
+        "code": code,
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "reasonCode": [{"text": gap.reason[:200]}],
+        "note": [
+            {
+                "text": "Proposed by calcinosis-cds (calcinosis cutis workup)."
+                + (f" {gap.code_note}." if gap.code_note else "")
+            }
+        ],
+    }
+    ServiceRequest.model_validate(resource)
+    return resource
+
+
+def workup_summary(gaps: tuple[WorkupGap, ...]) -> str:
+    """E.g. 'Calcinosis workup: 4 items not on file (PTH, phosphate, ...)'."""
+    names = ", ".join(g.label for g in gaps)
+    noun = "item" if len(gaps) == 1 else "items"
+    return shorten(f"Calcinosis workup: consider {len(gaps)} {noun} not on file ({names})")
+
+
+def workup_card(assessment: Assessment, kb: KnowledgeBase, hook_instance: uuid.UUID, patient_id: str) -> Card | None:
+    """One suggestion per missing item, each a create of a draft ServiceRequest."""
+    if not assessment.workup:
+        return None
+    suggestions: list[Suggestion] = []
+    lines = [
+        "**Workup not found in its look-back window**",
+        "",
+        "| Item | Why | Window | Last result |",
+        "|---|---|---|---|",
+    ]
+    for gap in assessment.workup:
+        window = f"{gap.lookback_days} days" if gap.lookback_days else "ever"
+        last = _evidence_line(gap.last_result) if gap.last_result else "none on file"
+        code = f" (LOINC {gap.code.code})" if gap.code is not None and gap.code.system == "http://loinc.org" else ""
+        if gap.code is None:
+            code = " (no confirmed code: order by name)"
+        lines.append(f"| {md(gap.label)}{code} | {md(gap.reason)} | {window} | {last} |")
+        suggestions.append(
+            Suggestion(
+                label=f"Order {gap.label}"[:80],
+                uuid=card_uuid(hook_instance, f"workup/{gap.item_id}"),
+                actions=[
+                    Action(
+                        type="create",
+                        description=f"Propose {gap.label} (draft order)",
+                        resource=service_request(gap, patient_id),
+                    )
+                ],
+            )
+        )
+    for withheld in assessment.suppressed_workup:
+        lines += ["", f"**Not suggested**: {md(withheld.label)}: {md(withheld.reason)}"]
+    sources = [key for gap in assessment.workup for key in gap.sources]
+    return Card(
+        uuid=card_uuid(hook_instance, "workup"),
+        summary=workup_summary(assessment.workup),
+        detail="\n".join(lines),
+        indicator="info",
+        source=_source("workup", "Calcinosis workup"),
+        suggestions=suggestions,
+        selection_behavior="any",
+        override_reasons=_overrides(),
+        links=_source_links(kb, sources),
+        extension={
+            f"{EXTENSION_KEY}.workup": [
+                {"item": g.item_id, **({"code": g.code.code} if g.code else {})} for g in assessment.workup
+            ]
+        },
+    )
+
+
+# ----- differentials card -----------------------------------------------------------------------
+
+
+def differentials_summary(differentials: tuple[DifferentialAssessment, ...]) -> str:
+    """E.g. 'Differentials to consider: gouty tophus (raised by the record), xanthoma, ...'."""
+    parts = []
+    for differential in differentials:
+        label = differential.label.split(" (")[0].split(" /")[0].lower()
+        parts.append(f"{label} (raised)" if differential.raised_by else label)
+    return shorten("Differentials to consider: " + ", ".join(parts))
+
+
+def differentials_card(assessment: Assessment, kb: KnowledgeBase, hook_instance: uuid.UUID) -> Card | None:
+    """Each differential, what raises or lowers it here, and the test that separates it."""
+    if not assessment.differentials:
+        return None
+    lines = [
+        "**Differential diagnoses worth excluding**",
+        "",
+        "| Differential | In this record | Separating test |",
+        "|---|---|---|",
+    ]
+    for differential in assessment.differentials:
+        notes = [f"raised: {md(f.statement)}" for f in differential.raised_by] + [
+            f"lowered: {md(f.statement)}" for f in differential.lowered_by
+        ]
+        lines.append(
+            f"| {md(differential.label)} | {'; '.join(notes) or 'nothing recorded for or against'} | {md(differential.separating_test)} |"
+        )
+    sources = [key for d in assessment.differentials for key in d.sources]
+    return Card(
+        uuid=card_uuid(hook_instance, "differentials"),
+        summary=differentials_summary(assessment.differentials),
+        detail="\n".join(lines),
+        indicator="info",
+        source=_source("differentials", "Calcinosis differential diagnoses"),
+        override_reasons=_overrides(),
+        links=_source_links(kb, sources),
+        extension={
+            f"{EXTENSION_KEY}.differentials": [
+                {
+                    "code": d.differential_id,
+                    "consideration": d.consideration,
+                    **({"raisedBy": [f.rule_id for f in d.raised_by]} if d.raised_by else {}),
+                    **({"loweredBy": [f.rule_id for f in d.lowered_by]} if d.lowered_by else {}),
+                }
+                for d in assessment.differentials
+            ]
+        },
+    )
+
+
+def render_cards(
+    assessment: Assessment | None, kb: KnowledgeBase, hook_instance: uuid.UUID, patient_id: str
+) -> list[Card]:
+    """Up to three cards; none when calcinosis is not documented."""
+    if assessment is None:
+        return []
+    cards = [subtype_card(assessment, kb, hook_instance)]
+    for card in (
+        workup_card(assessment, kb, hook_instance, patient_id),
+        differentials_card(assessment, kb, hook_instance),
+    ):
+        if card is not None:
+            cards.append(card)
+    return cards

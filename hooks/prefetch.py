@@ -1,0 +1,286 @@
+"""Prefetch templates and their resolution per CDS Hooks 2.0.1.
+
+For each template key:
+- present with a resource or Bundle: used, but filtered (only the resource type the key asked
+  for; the mapping also drops other patients' resources and codes it does not know), and a Bundle's
+  next link is followed on `fhirServer` because clients may page prefetch;
+- present as `null`: "no data", not fetched again;
+- present as an OperationOutcome (or absent): fetched from `fhirServer` with the bearer token.
+All fetches of a request run concurrently under one deadline. When the conditions show no
+calcinosis, the other fetches are cancelled: the service will stay silent, so their data is moot.
+If required data cannot be obtained the request is answered 412.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from calcinosis.findings import Analyte
+from fhir_mapping.mapping import bundle_resources
+from fhir_mapping.terminology import LOINC, Terminology
+from hooks.fhir_client import FhirClient, FhirFetchError, SearchResult
+from hooks.models import HookRequest
+from hooks.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class PrefetchKey:
+    """One prefetch template: its key, FHIR query, resource type and whether it is required."""
+
+    key: str
+    query: str
+    resource_type: str
+    required: bool
+
+    @property
+    def is_read(self) -> bool:
+        """True for an instance read (`Patient/{{context.patientId}}`), else a search."""
+        return "?" not in self.query
+
+
+def observation_codes(terminology: Terminology) -> list[str]:
+    """`system|code` for every lab code the rules read, for the Observation template."""
+    codes: set[str] = set()
+    for (system, code), findings in terminology.codes.items():
+        if any(isinstance(f, Analyte) for f in findings):
+            codes.add(f"{system}|{code}" if system != LOINC else f"{LOINC}|{code}")
+    return sorted(codes)
+
+
+def prefetch_keys(terminology: Terminology) -> tuple[PrefetchKey, ...]:
+    """The templates advertised in discovery; all stay inside the spec's recommended subset
+    (instance read, type search by patient reference, token equality with comma ORs)."""
+    patient = "{{context.patientId}}"
+    return (
+        PrefetchKey("patient", f"Patient/{patient}", "Patient", required=True),
+        PrefetchKey("conditions", f"Condition?patient={patient}", "Condition", required=True),
+        PrefetchKey(
+            "observations",
+            f"Observation?patient={patient}&code={','.join(observation_codes(terminology))}",
+            "Observation",
+            required=True,
+        ),
+        PrefetchKey("medicationRequests", f"MedicationRequest?patient={patient}", "MedicationRequest", required=False),
+        PrefetchKey(
+            "medicationStatements", f"MedicationStatement?patient={patient}", "MedicationStatement", required=False
+        ),
+        PrefetchKey(
+            "medicationAdministrations",
+            f"MedicationAdministration?patient={patient}",
+            "MedicationAdministration",
+            required=False,
+        ),
+        PrefetchKey("procedures", f"Procedure?patient={patient}", "Procedure", required=False),
+    )
+
+
+Job = Callable[[], Coroutine[Any, Any, list[dict[str, Any]]]]
+"""A deferred fetch returning resources."""
+
+
+class DataUnobtainableError(Exception):
+    """Required data could not be obtained (answered 412); the message is safe to return."""
+
+
+@dataclass(slots=True)
+class ResolvedData:
+    """Resources gathered for one request and how each key was satisfied (for logs)."""
+
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    how: dict[str, str] = field(default_factory=dict)
+    fhir_requests: int = 0
+    notes: list[str] = field(default_factory=list)
+    silent: bool = False
+
+
+def _is_outcome(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+
+
+def _bundle_is_outcome_only(value: dict[str, Any]) -> bool:
+    entries = value.get("entry") or []
+    return bool(entries) and all(isinstance(e, dict) and _is_outcome(e.get("resource")) for e in entries)
+
+
+def _of_type(resources: list[Any], resource_type: str) -> list[dict[str, Any]]:
+    """Keep only the resource type the key asked for (an over-broad prefetch is not trusted)."""
+    kept: list[dict[str, Any]] = []
+    for resource in resources:
+        if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
+            kept.append(resource)
+        elif (
+            resource_type.startswith("Medication")
+            and isinstance(resource, dict)
+            and resource.get("resourceType") == "Medication"
+        ):
+            kept.append(resource)  # Medications referenced by the orders (_include)
+    return kept
+
+
+class PrefetchResolver:
+    """Resolves the prefetch of one request, fetching what is missing."""
+
+    def __init__(
+        self,
+        keys: tuple[PrefetchKey, ...],
+        settings: Settings,
+        http: httpx.AsyncClient | None,
+        documents_calcinosis: Callable[[list[dict[str, Any]]], bool],
+    ) -> None:
+        self.keys = keys
+        self.settings = settings
+        self.http = http
+        self.documents_calcinosis = documents_calcinosis
+
+    def _client(self, request: HookRequest) -> FhirClient | None:
+        if request.fhir_server is None or self.http is None:
+            return None
+        token = request.fhir_authorization.access_token if request.fhir_authorization else None
+        return FhirClient(
+            self.http,
+            request.fhir_server,
+            token,
+            time.monotonic() + self.settings.fetch_deadline_seconds,
+            self.settings.fhir_request_timeout_seconds,
+            self.settings.fhir_max_response_bytes,
+            self.settings.fhir_page_cap,
+        )
+
+    async def resolve(self, request: HookRequest, patient_id: str) -> ResolvedData:
+        """All data for the request, or `DataUnobtainableError`."""
+        data = ResolvedData()
+        client = self._client(request)
+        prefetch = request.prefetch or {}
+        to_fetch: dict[str, Job] = {}
+        for spec in self.keys:
+            present = spec.key in prefetch
+            value = prefetch.get(spec.key)
+            if present and value is None:
+                data.how[spec.key] = "null"
+                continue
+            usable = isinstance(value, dict) and not _is_outcome(value)
+            if (
+                isinstance(value, dict)
+                and usable
+                and value.get("resourceType") == "Bundle"
+                and _bundle_is_outcome_only(value)
+            ):
+                usable = False
+            if isinstance(value, dict) and usable:
+                resources, next_url = self._from_prefetch(value, spec)
+                if next_url is not None and client is not None:
+                    to_fetch[spec.key] = self._continue_paging(client, value, spec)
+                    data.how[spec.key] = "prefetch+paged"
+                else:
+                    data.resources.extend(resources)
+                    data.how[spec.key] = "prefetch"
+                    if next_url is not None:
+                        data.notes.append(f"{spec.key}: prefetch was paged and no fhirServer to follow it")
+                continue
+            if present:
+                data.notes.append(f"{spec.key}: prefetch held an OperationOutcome")
+            if client is None:
+                if spec.required:
+                    raise DataUnobtainableError(
+                        f"prefetch '{spec.key}' is missing and no fhirServer was given to fetch it"
+                    )
+                data.how[spec.key] = "unavailable"
+                continue
+            to_fetch[spec.key] = self._fetch(client, spec, patient_id)
+        if to_fetch:
+            assert client is not None
+            await self._run(to_fetch, data, client)
+        return data
+
+    def _from_prefetch(self, value: dict[str, Any], spec: PrefetchKey) -> tuple[list[dict[str, Any]], str | None]:
+        if value.get("resourceType") == "Bundle":
+            next_url = None
+            for link in value.get("link", []) or []:
+                if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+                    next_url = link["url"]
+            return _of_type(list(bundle_resources(value)), spec.resource_type), next_url
+        return _of_type([value], spec.resource_type), None
+
+    def _continue_paging(self, client: FhirClient, bundle: dict[str, Any], spec: PrefetchKey) -> Job:
+        async def run() -> list[dict[str, Any]]:
+            result = SearchResult()
+            url = client.add_bundle(bundle, result)
+            while url:
+                if result.pages >= client.page_cap:
+                    result.truncated = True
+                    break
+                body = await client.get_json(url)
+                result.pages += 1
+                if body is None:
+                    raise FhirFetchError("FHIR next page answered 404", 404)
+                url = client.add_bundle(body, result)
+            return _of_type(result.resources, spec.resource_type)
+
+        return run
+
+    def _fetch(self, client: FhirClient, spec: PrefetchKey, patient_id: str) -> Job:
+        query = spec.query.replace("{{context.patientId}}", patient_id)
+
+        async def run() -> list[dict[str, Any]]:
+            if spec.is_read:
+                resource = await client.read(query)
+                return [] if resource is None else _of_type([resource], spec.resource_type)
+            result = await client.search(query, self.settings.fhir_page_size)
+            if result.truncated:
+                raise FhirFetchError(f"more than {client.page_cap} pages")
+            return _of_type(result.resources, spec.resource_type)
+
+        return run
+
+    async def _run(self, jobs: dict[str, Job], data: ResolvedData, client: FhirClient) -> None:
+        """Run the fetches concurrently under the deadline; stop early when there is no calcinosis."""
+        tasks = {key: asyncio.create_task(job()) for key, job in jobs.items()}
+        required = {spec.key for spec in self.keys if spec.required}
+        try:
+            async with asyncio.timeout(max(0.0, client.deadline - time.monotonic())):
+                if "conditions" in tasks:
+                    await asyncio.wait([tasks["conditions"]])
+                    if tasks["conditions"].exception() is None:
+                        known = data.resources + tasks["conditions"].result()
+                        if not self.documents_calcinosis(known):
+                            data.silent = True
+                            for task in tasks.values():
+                                task.cancel()
+                elif not self.documents_calcinosis(data.resources):
+                    data.silent = True
+                    for task in tasks.values():
+                        task.cancel()
+                await asyncio.gather(*tasks.values(), return_exceptions=True)
+        except TimeoutError:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        data.fhir_requests += client.requests
+        for key, task in tasks.items():
+            if task.cancelled():
+                if data.silent:
+                    data.how[key] = "skipped"
+                    continue
+                if key in required:
+                    raise DataUnobtainableError(
+                        f"fetching '{key}' from the FHIR server did not finish before the deadline"
+                    )
+                data.how[key] = "timeout"
+                data.notes.append(f"{key}: not fetched before the deadline")
+                continue
+            error = task.exception()
+            if error is None:
+                data.resources.extend(task.result())
+                data.how.setdefault(key, "fetched")
+                continue
+            reason = error.reason if isinstance(error, FhirFetchError) else "unexpected error"
+            if key in required:
+                raise DataUnobtainableError(f"fetching '{key}' from the FHIR server failed: {reason}")
+            data.how[key] = "failed"
+            data.notes.append(f"{key}: {reason}")

@@ -1,0 +1,103 @@
+"""The calcinosis service: one CDS Hooks service declared once (id, hook, title, prefetch) and the
+handler that turns a validated request into cards.
+
+The handler is shared by the HTTP route and the `evaluate` command, so both give the same answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from calcinosis.knowledge_base import KnowledgeBase, default_knowledge
+from fhir_mapping.pipeline import assess_resources, documents_calcinosis
+from fhir_mapping.terminology import Terminology, load_terminology
+from hooks.cards import render_cards
+from hooks.models import HookRequest, HookResponse, PatientViewContext, ServiceDescription
+from hooks.prefetch import PrefetchResolver, ResolvedData, prefetch_keys
+from hooks.settings import Settings
+
+SERVICE_ID = "calcinosis"
+HOOK = "patient-view"
+SPEC_VERSION = "2.0.1"
+
+
+class InvalidContextError(ValueError):
+    """The hook context does not satisfy the hook's definition (answered 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A handled call: the response and how the data was obtained (for logs)."""
+
+    response: HookResponse
+    data: ResolvedData
+    patient_id: str
+
+
+class CalcinosisService:
+    """Holds what is loaded once (knowledge base, value sets, templates) and handles calls."""
+
+    def __init__(
+        self, settings: Settings, knowledge: KnowledgeBase | None = None, terminology: Terminology | None = None
+    ) -> None:
+        self.settings = settings
+        self.knowledge = knowledge or default_knowledge()
+        self.terminology = terminology or load_terminology(settings.local_valuesets, settings.include_unconfirmed_codes)
+        self.keys = prefetch_keys(self.terminology)
+
+    def describe(self) -> ServiceDescription:
+        """The discovery entry."""
+        return ServiceDescription(
+            hook=HOOK,
+            id=SERVICE_ID,
+            title="Calcinosis cutis: subtype, workup and differentials",
+            description=(
+                "When calcinosis cutis or calciphylaxis is documented, suggests the likely subtype "
+                "(dystrophic, metastatic, idiopathic, iatrogenic, calciphylaxis) with the evidence, the "
+                "workup still missing as draft orders, and the differential diagnoses to exclude. Silent otherwise."
+            ),
+            prefetch={key.key: key.query for key in self.keys},
+            usage_requirements=(
+                "Needs the patient's Conditions and calcium/phosphate-related Observations; medications and "
+                "procedures improve the assessment. Missing prefetch is fetched from fhirServer."
+            ),
+        )
+
+    def context(self, request: HookRequest) -> PatientViewContext:
+        """The patient-view context, or `InvalidContextError`."""
+        from pydantic import ValidationError
+
+        try:
+            return PatientViewContext.model_validate(request.context)
+        except ValidationError as error:
+            fields = sorted({"context." + ".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in error.errors()})
+            raise InvalidContextError("; ".join(fields)) from error
+
+    def documents_calcinosis(self, resources: list[dict[str, Any]]) -> bool:
+        """Early-exit check used while fetching."""
+        return documents_calcinosis(resources, self.terminology)
+
+    async def handle(
+        self, request: HookRequest, http: httpx.AsyncClient | None, as_of: datetime | None = None
+    ) -> Outcome:
+        """Resolve data, assess, render cards."""
+        context = self.context(request)
+        resolver = PrefetchResolver(self.keys, self.settings, http, self.documents_calcinosis)
+        data = await resolver.resolve(request, context.patient_id)
+        if data.silent:
+            return Outcome(HookResponse(cards=[]), data, context.patient_id)
+        return Outcome(
+            self.respond(data.resources, context.patient_id, request.hook_instance, as_of), data, context.patient_id
+        )
+
+    def respond(
+        self, resources: list[dict[str, Any]], patient_id: str, hook_instance: uuid.UUID, as_of: datetime | None = None
+    ) -> HookResponse:
+        """Cards for resources already in hand (also used by `evaluate` on a Bundle)."""
+        result = assess_resources(resources, as_of or datetime.now(UTC), patient_id, self.terminology, self.knowledge)
+        return HookResponse(cards=render_cards(result.assessment, self.knowledge, hook_instance, patient_id))
