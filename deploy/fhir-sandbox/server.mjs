@@ -148,8 +148,16 @@ async function handle(req, res) {
     return send(res, 401, unauthorized, { 'WWW-Authenticate': 'Bearer realm="fhir-sandbox"' });
   }
 
-  const fault = req.headers['x-sandbox-fault'] ?? config.fault;
-  if (!FAULTS.test(fault)) throw new HttpError(400, badRequest(`Invalid X-Sandbox-Fault: ${fault}`));
+  // A fault can also be chosen by path, /fault/<fault>/..., because a service under test sends
+  // no custom headers: its fhirServer is simply pointed at e.g. http://host:port/fault/500.
+  let faultBase = '';
+  const byPath = /^\/fault\/([^/]+)(\/.*)?$/.exec(req.url ?? '');
+  if (byPath) {
+    faultBase = `/fault/${byPath[1]}`;
+    req.url = byPath[2] ?? '/';
+  }
+  const fault = byPath ? byPath[1] : req.headers['x-sandbox-fault'] ?? config.fault;
+  if (!FAULTS.test(fault)) throw new HttpError(400, badRequest(`Invalid fault: ${fault}`));
   if (fault === '401') return send(res, 401, unauthorized, { 'WWW-Authenticate': 'Bearer realm="fhir-sandbox"' });
   if (fault === '500') return send(res, 500, outcome('error', 'exception', 'Injected fault: 500'));
   if (fault === 'malformed') return send(res, 200, { resourceType: 'Bundle', type: 'searchset', entry: 'oops' });
@@ -157,7 +165,7 @@ async function handle(req, res) {
 
   // Links must be absolute and usable verbatim, so they are built from the address the client
   // actually used (Host header) unless an explicit public base URL was configured.
-  const base = config.baseUrl || `http://${req.headers.host ?? hostPort()}`;
+  const base = (config.baseUrl || `http://${req.headers.host ?? hostPort()}`) + faultBase;
   const url = new URL(req.url ?? '/', 'http://sandbox.invalid');
   const path = url.pathname.replace(/^\/+|\/+$/g, '');
   const params = url.searchParams;
