@@ -1,0 +1,109 @@
+"""Real components for integration tests: the local FHIR sandbox (deploy/fhir-sandbox) and the
+service itself, each a separate process on 127.0.0.1.
+
+If the sandbox cannot start (no Node or npm, install failure), the tests FAIL with the sandbox's
+own output: they never skip silently, because CI would then pass without testing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SANDBOX_START = REPO / "deploy" / "fhir-sandbox" / "start"
+START_TIMEOUT = 240.0  # the first start installs the npm packages
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def fhir_sandbox() -> Iterator[str]:
+    """Base URL (with trailing slash) of a fresh in-memory FHIR R4 server."""
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this block: closed after the session
+    process = subprocess.Popen(
+        [str(SANDBOX_START), "--host", "127.0.0.1", "--port", "0", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        env={**os.environ, "FHIR_SANDBOX_PAGE_SIZE": "50"},
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    base = None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("FHIR sandbox listening on "):
+            base = line.removeprefix("FHIR sandbox listening on ").strip()
+            break
+        if process.poll() is not None:
+            break
+    if base is None:
+        process.kill()
+        errors.seek(0)
+        pytest.fail("the FHIR sandbox did not start:\n" + errors.read().decode(errors="replace")[-3000:])
+    try:
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        errors.close()
+
+
+@pytest.fixture(scope="session")
+def service_url() -> Iterator[str]:
+    """Base URL of the service, run by its own command line over real HTTP."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CALCINOSIS_FHIR_PAGE_SIZE": "5",  # forces paging on every query
+        "CALCINOSIS_FETCH_DEADLINE_SECONDS": "10",
+        "CALCINOSIS_FHIR_PAGE_CAP": "200",
+        "CALCINOSIS_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hooks.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            assert process.stderr is not None
+            pytest.fail("the service did not start:\n" + process.stderr.read().decode(errors="replace")[-3000:])
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("the service did not answer /healthz within 60 s")
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
