@@ -43,6 +43,7 @@ METASTATIC_CAUSE_CONCEPTS = (
     ClinicalConcept.MULTIPLE_MYELOMA,
 )
 METASTATIC_SOURCES = ("Reiter-I", "StatPearls", "DermNet")
+ABNORMAL_LAB_RULES = frozenset({"CC-MET-CA", "CC-MET-P", "CC-MET-CAXP"})
 
 
 def gate_findings(ctx: PatientContext) -> tuple[bool, list[str], list[RuleFinding]]:
@@ -288,10 +289,8 @@ def assess_dystrophic(ctx: PatientContext, metastatic: SubtypeAssessment) -> Sub
     gate_ok, missing, gate = gate_findings(ctx)
     causes = _dystrophic_causes(ctx)
     has_cause = any(f.rule_id == "CC-DYS-CAUSE" for f in causes)
-    if (
-        metastatic.likelihood in (Likelihood.LIKELY, Likelihood.POSSIBLE)
-        and metastatic.findings
-        and any(f.rule_id.startswith("CC-MET-C") or f.rule_id == "CC-MET-P" for f in metastatic.findings)
+    if metastatic.likelihood in (Likelihood.LIKELY, Likelihood.POSSIBLE) and any(
+        f.rule_id in ABNORMAL_LAB_RULES for f in metastatic.findings
     ):
         if has_cause:
             note = RuleFinding(
