@@ -17,20 +17,21 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hooks.feedback import FeedbackStore
+from hooks.metrics import CARDS, LATENCY, REGISTRY, REQUESTS
 from hooks.models import Discovery, Feedback, HookRequest, operation_outcome
 from hooks.prefetch import DataUnobtainableError
 from hooks.service import HOOK, SERVICE_ID, SPEC_VERSION, CalcinosisService, InvalidContextError
 from hooks.settings import Settings
+from hooks.stores import open_feedback_store
 
 log = logging.getLogger("calcinosis_cds")
-MAX_BODY_BYTES = 10_000_000
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -65,18 +66,18 @@ def _field_errors(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request, max_bytes: int) -> Any:
     """The request body as JSON, or an ApiError (415 wrong type, 413 too large, 400 not JSON)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "application/fhir+json") and not content_type.endswith("+json"):
         raise ApiError(415, "not-supported", "Content-Type must be application/json")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, "too-costly", "request body is too large")
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
-        if len(body) > MAX_BODY_BYTES:
+        if len(body) > max_bytes:
             raise ApiError(413, "too-costly", "request body is too large")
     try:
         return orjson.loads(body)
@@ -96,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; the knowledge base and value sets load (and are checked) here."""
     settings = settings or Settings()
     service = CalcinosisService(settings)
-    feedback = FeedbackStore()
+    feedback = open_feedback_store(settings.feedback_database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -145,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         started = time.perf_counter()
         if service_id != SERVICE_ID:
             raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
-        hook_request = validate(HookRequest, await read_json(request))
+        hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes))
         if hook_request.hook != HOOK:
             raise ApiError(400, "not-supported", f"service '{SERVICE_ID}' answers the '{HOOK}' hook only")
         try:
@@ -155,6 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except DataUnobtainableError as error:
             log.info("hook=%s hookInstance=%s status=412 reason=%s", HOOK, hook_request.hook_instance, error)
             raise ApiError(412, "processing", str(error)) from error
+        for card in outcome.response.cards:
+            CARDS.labels(card.source.topic.code if card.source.topic else "none", card.indicator).inc()
         log.info(
             "hook=%s hookInstance=%s service=%s status=200 cards=%d fhirRequests=%d prefetch=%s ms=%.1f",
             HOOK,
@@ -171,13 +174,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def receive_feedback(service_id: str, request: Request) -> Response:
         if service_id != SERVICE_ID:
             raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
-        body = validate(Feedback, await read_json(request))
-        new = feedback.add(service_id, body.feedback)
+        body = validate(Feedback, await read_json(request, settings.max_body_bytes))
+        new = await run_in_threadpool(feedback.add, service_id, body.feedback)
         log.info("feedback service=%s items=%d new=%d", service_id, len(body.feedback), new)
         return ORJSONResponse({"received": len(body.feedback), "new": new})
 
     @app.get("/healthz")
     async def healthz() -> Response:
+        """Process up (liveness)."""
         return ORJSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Ready for traffic: knowledge base and value sets loaded (they load in create_app, so
+        a process that got here has them) and the stores reachable."""
+        checks = {"knowledgeBase": service.knowledge.version, "feedbackStore": await run_in_threadpool(feedback.ping)}
+        ready = all(bool(v) for v in checks.values())
+        return ORJSONResponse(
+            {"status": "ready" if ready else "not-ready", "checks": checks}, status_code=200 if ready else 503
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format; no patient data in any label."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        """Request counts and latency per endpoint and status (route templates, not raw paths)."""
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+        return response
 
     return app

@@ -82,10 +82,19 @@ def prune(value: Any) -> Any:
     return value
 
 
+TOPIC_SUFFIX = {"subtype": "01", "workup": "02", "differentials": "03"}
+
+
 def card_uuid(hook_instance: uuid.UUID, name: str) -> str:
     """Stable per hook call and card, so a retried call yields the same ids (feedback stays
-    idempotent) and two calls never share one."""
-    return str(uuid.uuid5(CARD_NAMESPACE, f"{hook_instance}/{name}"))
+    idempotent) and two calls never share one.
+
+    The last two hex digits carry the card topic (01 subtype, 02 workup, 03 differentials), so the
+    feedback report can tell which card an outcome is about without storing every card issued:
+    stateless and the same on every replica. The version and variant bits are untouched.
+    """
+    digits = uuid.uuid5(CARD_NAMESPACE, f"{hook_instance}/{name}").hex
+    return str(uuid.UUID(digits[:-2] + TOPIC_SUFFIX[name.split("/")[0]]))
 
 
 def _date(value: datetime | None) -> str:

@@ -26,6 +26,7 @@ from hooks.models import HookRequest
 from hooks.prefetch import DataUnobtainableError
 from hooks.service import CalcinosisService, InvalidContextError
 from hooks.settings import Settings
+from hooks.stores import StoreConfigError, feedback_report, open_feedback_store
 
 
 class UsageError(Exception):
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     run = commands.add_parser("evaluate", help="print the cards for a FHIR Bundle or CDS Hooks request file")
     run.add_argument("path", help="JSON file, or - for standard input")
+    commands.add_parser("feedback-report", help="acceptance rate per card topic and top override reasons (read-only)")
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -105,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers or settings.workers,
             log_level=settings.log_level.lower(),
         )
+        return 0
+    if args.command == "feedback-report":
+        try:
+            store = open_feedback_store(settings.feedback_database_url)
+        except StoreConfigError as error:
+            print(f"calcinosis-cds: {error}", file=sys.stderr)
+            return 2
+        report = feedback_report(store.records())
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     try:
         response = evaluate(args.path, settings)

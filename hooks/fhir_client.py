@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from hooks.metrics import FHIR_FETCHES, FHIR_LATENCY
+
 FHIR_JSON = "application/fhir+json, application/json;q=0.9"
 
 
@@ -74,6 +76,26 @@ class FhirClient:
 
     async def get_json(self, url: str) -> dict[str, Any] | None:
         """GET a URL on this server; None for 404/410 (no such resource)."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            body = await self._get_json(url)
+            outcome = "ok" if body is not None else "not-found"
+            return body
+        except FhirFetchError as error:
+            outcome = (
+                "timeout"
+                if "timed out" in error.reason
+                else f"http-{error.status // 100}xx"
+                if error.status
+                else "error"
+            )
+            raise
+        finally:
+            FHIR_FETCHES.labels(outcome).inc()
+            FHIR_LATENCY.observe(time.perf_counter() - started)
+
+    async def _get_json(self, url: str) -> dict[str, Any] | None:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise FhirFetchError("deadline reached before the request")

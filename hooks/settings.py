@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     include_unconfirmed_codes: bool = Field(
         default=False, description="Also use codes marked unconfirmed in the value sets (not recommended)."
     )
+    feedback_database_url: str = Field(
+        default="sqlite:///.calcinosis/feedback.db",
+        description="Where feedback is kept: sqlite:///relative.db, sqlite:////absolute.db, postgresql://..., or memory://.",
+    )
+    max_body_bytes: int = Field(
+        default=10_000_000, ge=100_000, le=200_000_000, description="Largest request body accepted (413 above)."
+    )
     log_level: str = Field(default="INFO", description="Python log level.")
 
     @field_validator("cors_origins", mode="before")

@@ -333,3 +333,16 @@ def test_cors_allows_the_sandbox_on_get_and_post(app: Any) -> None:
         "https://sandbox.cds-hooks.org",
     )
     assert posted.headers["access-control-allow-origin"] in ("*", "https://sandbox.cds-hooks.org")
+
+
+def test_health_readiness_and_metrics_without_patient_data() -> None:
+    app = make_app()
+    assert get(app, "/healthz").json() == {"status": "ok"}
+    ready = get(app, "/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["feedbackStore"] is True
+    chart = metastatic_chart()
+    post(app, "/cds-services/calcinosis", hook_request(chart))
+    text = get(app, "/metrics").text
+    assert 'calcinosis_requests_total{endpoint="/cds-services/{service_id}",status="200"}' in text
+    assert 'calcinosis_cards_total{indicator="info",topic="workup"}' in text
+    assert chart.patient_id not in text and "Practitioner" not in text
