@@ -351,18 +351,21 @@ class PatientContext:
         )
 
     def _calcium_reading(self) -> CalciumReading | None:
-        ionized = self.latest(Analyte.CALCIUM_IONIZED, self.gate_start)
-        if ionized is not None and ionized.value is not None:
-            status, comparisons = self.judge(ionized, ionized.value, "calcium-ionized-upper", None)
-            return CalciumReading("ionized", ionized.value, status, comparisons, ionized, None)
+        """Ionized calcium is preferred (clinical-knowledge.md 2.1), but not a stale one: an
+        albumin-corrected calcium drawn after the last ionized calcium describes the patient now."""
         totals = self.labs(Analyte.CALCIUM_TOTAL, self.gate_start)
         readings = [self.reading_for_total(lab) for lab in totals if lab.value is not None]
-        if not readings:
-            return None
         # Within the window, a calcium that could be corrected for albumin classifies; an
         # uncorrected one is used only when there is nothing better (it cannot pass the gate).
         corrected = [reading for reading in readings if reading.kind == "corrected"]
-        return corrected[0] if corrected else readings[0]
+        best_total = corrected[0] if corrected else (readings[0] if readings else None)
+        ionized = self.latest(Analyte.CALCIUM_IONIZED, self.gate_start)
+        if ionized is not None and ionized.value is not None:
+            newer_corrected = corrected and corrected[0].calcium.effective > ionized.effective + self.pairing
+            if not newer_corrected:
+                status, comparisons = self.judge(ionized, ionized.value, "calcium-ionized-upper", None)
+                return CalciumReading("ionized", ionized.value, status, comparisons, ionized, None)
+        return best_total
 
     def hypercalcemia_confirmed(self) -> bool:
         """High calcium by ionized calcium, or on two or more draws in the gate window

@@ -85,7 +85,7 @@ def _osteoma(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]
     return raised, []
 
 
-def _poh(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]:
+def _poh(ctx: PatientContext, iatrogenic: SubtypeAssessment) -> tuple[list[RuleFinding], list[RuleFinding]]:
     sources = ("POH",)
     raised = _conditions(
         ctx,
@@ -107,6 +107,15 @@ def _poh(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]:
         raised.append(
             RuleFinding("DX-POH-INFANCY", f"Calcification recorded in infancy (age {age:.1f} years)", (), sources)
         )
+        if iatrogenic.likelihood is Likelihood.LIKELY:
+            lowered = RuleFinding(
+                "DX-POH-EXPLAINED",
+                "A recent iatrogenic exposure explains calcification in infancy; POH matters if lesions progress",
+                (),
+                sources,
+                supports=False,
+            )
+            return raised, [lowered]
     return raised, []
 
 
@@ -222,7 +231,7 @@ def assess_differentials(
     computed: dict[str, tuple[list[RuleFinding], list[RuleFinding]]] = {
         "gouty-tophus": _gout(ctx),
         "osteoma-cutis": _osteoma(ctx),
-        "progressive-osseous-heteroplasia": _poh(ctx),
+        "progressive-osseous-heteroplasia": _poh(ctx, subtypes[Subtype.IATROGENIC]),
         "primary-hyperoxaluria": _oxalosis(ctx, calciphylaxis),
         "xanthoma": _xanthoma(ctx),
     }

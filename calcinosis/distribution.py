@@ -38,20 +38,19 @@ _REGIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sacral",
         ),
     ),
-    ("upper limb", ("hand", "finger", "thumb", "wrist", "forearm", "elbow", "arm", "shoulder", "digit")),
-    ("lower limb", ("foot", "toe", "heel", "ankle", "leg", "knee", "thigh", "hip", "shin", "calf")),
+    ("upper limbs", ("hand", "finger", "thumb", "wrist", "forearm", "elbow", "arm", "shoulder", "digit")),
+    ("lower limbs", ("foot", "toe", "heel", "ankle", "leg", "knee", "thigh", "hip", "shin", "calf")),
 )
 
 
 def body_region(site: str) -> str | None:
-    """The body region a site text names (with side for limbs), or None if unrecognised."""
-    text = site.lower()
-    words = set(re.findall(r"[a-z]+", text))
+    """The body region a site text names, or None if unrecognised.
+
+    Left and right are one region: both hands in limited systemic sclerosis are the classic
+    circumscripta picture (StatPearls; clinical-knowledge.md 5.6), not a diffuse one."""
+    words = set(re.findall(r"[a-z]+", site.lower()))
     for region, keywords in _REGIONS:
         if words & set(keywords):
-            if region.endswith("limb"):
-                side = "left" if "left" in words else "right" if "right" in words else ""
-                return f"{side} {region}".strip()
             return region
     return None
 

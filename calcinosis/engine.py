@@ -44,8 +44,8 @@ def assess(findings: PatientFindings, knowledge: KnowledgeBase | None = None) ->
     ctx = PatientContext(findings, kb)
     risk = assess_risk(ctx)
     metastatic = assess_metastatic(ctx)
-    dystrophic = assess_dystrophic(ctx, metastatic)
     iatrogenic = assess_iatrogenic(ctx)
+    dystrophic = assess_dystrophic(ctx, metastatic, iatrogenic)
     idiopathic = assess_idiopathic(ctx, dystrophic, metastatic, iatrogenic)
     calciphylaxis = assess_calciphylaxis(ctx, risk.pattern == "met", risk_evidence(risk))
     subtypes = {

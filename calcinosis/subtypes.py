@@ -284,8 +284,13 @@ def _labs_normal_statement(ctx: PatientContext) -> RuleFinding:
     )
 
 
-def assess_dystrophic(ctx: PatientContext, metastatic: SubtypeAssessment) -> SubtypeAssessment:
-    """CC-DYS: normal Ca and P with a tissue-damaging condition (5.1). Undetermined without data."""
+def assess_dystrophic(
+    ctx: PatientContext, metastatic: SubtypeAssessment, iatrogenic: SubtypeAssessment
+) -> SubtypeAssessment:
+    """CC-DYS: normal Ca and P with a tissue-damaging condition (5.1). Undetermined without data.
+
+    Without a coded cause it stays `possible` (local injury is rarely coded), unless a likely
+    iatrogenic exposure already explains the lesion."""
     gate_ok, missing, gate = gate_findings(ctx)
     causes = _dystrophic_causes(ctx)
     has_cause = any(f.rule_id == "CC-DYS-CAUSE" for f in causes)
@@ -332,6 +337,15 @@ def assess_dystrophic(ctx: PatientContext, metastatic: SubtypeAssessment) -> Sub
         )
     if has_cause:
         return SubtypeAssessment(Subtype.DYSTROPHIC, Likelihood.LIKELY, (labs,) + tuple(causes))
+    if iatrogenic.likelihood is Likelihood.LIKELY:
+        explained = RuleFinding(
+            "CC-DYS-EXPLAINED",
+            "No damaging condition is coded and a recent iatrogenic exposure explains the lesion",
+            (),
+            ("Reiter-I",),
+            supports=False,
+        )
+        return SubtypeAssessment(Subtype.DYSTROPHIC, Likelihood.UNLIKELY, (labs, explained) + tuple(causes))
     no_cause = RuleFinding(
         "CC-DYS-NOCAUSE",
         "No connective tissue disease or other damaging condition is coded; local injury, tumours and infections are rarely coded, so ask about them",

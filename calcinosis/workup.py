@@ -48,7 +48,10 @@ def active_triggers(
             triggers.add("hypercalcemia-pth-not-low")
     if calcium_high or phosphate_high:
         triggers.add("hypercalcemia-or-hyperphosphatemia")
-    if any(f.rule_id == "CC-DYS-NOCAUSE" for f in subtypes[Subtype.DYSTROPHIC].findings):
+    # "If there is no established CTD diagnosis but the picture suggests one" (5.1): features of
+    # SSc coded without a CTD, or a dystrophic picture with no cause that nothing else explains.
+    explained = any(s.likelihood is Likelihood.LIKELY for s in subtypes.values())
+    if not explained and any(f.rule_id == "CC-DYS-NOCAUSE" for f in subtypes[Subtype.DYSTROPHIC].findings):
         triggers.add("suspected-ctd")
     if any(f.rule_id == "CC-DYS-SSC-FEATURE" for f in subtypes[Subtype.DYSTROPHIC].findings) and not any(
         f.rule_id == "CC-DYS-CAUSE" for f in subtypes[Subtype.DYSTROPHIC].findings

@@ -31,7 +31,9 @@ def items(card: str, outcome: str = "accepted", reason: str | None = None) -> li
     if outcome == "accepted":
         body["acceptedSuggestions"] = [{"id": "s-1"}]
     else:
-        body["overrideReason"] = {"reason": {"system": "urn:calcinosis-cds:override-reason", "code": reason or "not-relevant"}}
+        body["overrideReason"] = {
+            "reason": {"system": "urn:calcinosis-cds:override-reason", "code": reason or "not-relevant"}
+        }
     return [FeedbackItem.model_validate(body)]
 
 

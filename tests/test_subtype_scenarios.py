@@ -438,3 +438,54 @@ def test_calciphylaxis_needs_kidney_data_to_be_decided() -> None:
     normal.calcinosis()
     normal.mineral_panel(9.4, 4.1, 3.6, egfr=95)
     assert likelihoods(normal.assess())["calciphylaxis"] == "unlikely"
+
+
+def test_a_stale_ionized_calcium_does_not_beat_a_newer_corrected_one() -> None:
+    chart = Chart()
+    chart.calcinosis()
+    chart.condition("M34.1", ICD10, "CR(E)ST syndrome")
+    chart.lab("1994-3", 1.0, "mmol/L", 60, low=1.12, high=1.32)  # low, two months ago
+    chart.mineral_panel(9.4, 4.1, 3.6, days_ago=5)
+    assessment = chart.assess()
+    assert assessment is not None
+    assert assessment.derived_value("corrected-calcium") is not None
+    assert likelihoods(assessment)["dystrophic"] == "likely"
+    fresh = Chart()
+    fresh.calcinosis()
+    fresh.condition("M34.1", ICD10, "CR(E)ST syndrome")
+    fresh.mineral_panel(9.4, 4.1, 3.6, days_ago=5)
+    fresh.lab("1994-3", 1.2, "mmol/L", 4, low=1.12, high=1.32)
+    assert fresh.assess().derived_value("ionized-calcium") is not None  # type: ignore[union-attr]
+
+
+def test_iatrogenic_exposure_explains_a_causeless_dystrophic_picture() -> None:
+    chart = Chart(birth_date="2026-05-01")
+    chart.calcinosis(onset_days_ago=10, body_sites=["Left hand"])
+    chart.mineral_panel(9.6, 3.9, 5.0)
+    chart.medication(
+        "Calcium Gluconate 100 MG/ML Injectable Solution", 30, kind="MedicationAdministration", route="Intravenous"
+    )
+    assessment = chart.assess()
+    result = likelihoods(assessment)
+    assert result["iatrogenic"] == "likely" and result["dystrophic"] == "unlikely"
+    assert assessment is not None
+    assert not {"ana", "anti-scl-70", "creatine-kinase"} & {g.item_id for g in assessment.workup}
+    poh = next(d for d in assessment.differentials if d.differential_id == "progressive-osseous-heteroplasia")
+    assert poh.raised_by and poh.lowered_by
+
+
+@pytest.mark.parametrize(
+    ("sites", "label"),
+    [
+        (["Right thumb"], "circumscripta"),
+        (["Right thumb", "Left index finger"], "circumscripta"),
+        (["Right hand", "Left thigh"], "universalis"),
+        (["Abdomen", "Left forearm"], "universalis"),
+        ([], "unknown"),
+    ],
+)
+def test_distribution_from_body_sites(sites: list[str], label: str) -> None:
+    chart = Chart()
+    chart.calcinosis(body_sites=sites)
+    assessment = chart.assess()
+    assert assessment is not None and assessment.distribution.label.value == label
