@@ -2,6 +2,9 @@
 
     calcinosis-cds serve [--host H] [--port P] [--workers N]
     calcinosis-cds evaluate PATH      # a FHIR Bundle or a CDS Hooks request JSON
+    calcinosis-cds check --fhir-server URL --patient ID [--token T] [--json]
+    calcinosis-cds sandbox load --fhir-server URL [--token T]
+    calcinosis-cds feedback-report
 
 `evaluate` prints exactly the CDS Hooks response the service would return, so integration
 engineers and hospital IT can check a patient file before any EHR is involved.
@@ -14,6 +17,7 @@ import asyncio
 import logging
 import sys
 import uuid
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from pydantic import ValidationError
 from fhir_mapping.mapping import bundle_resources
 from hooks.models import HookRequest
 from hooks.prefetch import DataUnobtainableError
+from hooks.sandbox_data import ANCHOR, ScenarioError, bundle_anchor, load_scenarios, shift_dates
 from hooks.service import CalcinosisService, InvalidContextError
 from hooks.settings import Settings
 from hooks.stores import StoreConfigError, feedback_report, open_feedback_store
@@ -78,6 +83,78 @@ def evaluate(path: str, settings: Settings) -> dict[str, Any]:
     raise UsageError("expected a FHIR Bundle (resourceType Bundle) or a CDS Hooks request (with 'hook')")
 
 
+def load_sandbox(fhir_server: str, token: str | None, directory: str | None, shift: bool) -> list[str]:
+    """PUT every scenario Bundle into a FHIR server (idempotent), dates moved to today."""
+    scenarios = load_scenarios(Path(directory) if directory else None)
+    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    lines = []
+    with httpx.Client(timeout=60, follow_redirects=False) as http:
+        for scenario in scenarios:
+            bundle = scenario.bundle
+            if shift:
+                bundle = shift_dates(bundle, bundle_anchor(bundle) or ANCHOR, date.today())
+            try:
+                response = http.post(fhir_server.rstrip("/") + "/", content=orjson.dumps(bundle), headers=headers)
+            except httpx.HTTPError as error:
+                raise UsageError(f"cannot reach {fhir_server}: {type(error).__name__}") from error
+            if response.status_code >= 300:
+                raise UsageError(f"{scenario.name}: the FHIR server answered {response.status_code}")
+            lines.append(
+                f"loaded {scenario.name}: Patient/{scenario.patient_id} ({len(bundle.get('entry', []))} resources)"
+            )
+    return lines
+
+
+def check(fhir_server: str, patient_id: str, token: str | None, settings: Settings) -> dict[str, Any]:
+    """The service's patient-view answer for a patient on a FHIR server, with no prefetch, as an
+    EHR would get it: every resource is fetched through `fhirServer`."""
+    body: dict[str, Any] = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "fhirServer": fhir_server.rstrip("/"),
+        "context": {"userId": "Practitioner/calcinosis-cds-check", "patientId": patient_id},
+    }
+    if token:
+        body["fhirAuthorization"] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "calcinosis-cds",
+        }
+    try:
+        request = HookRequest.model_validate(body)
+    except ValidationError as error:
+        raise UsageError(
+            "invalid --fhir-server or --patient: " + "; ".join(e["msg"] for e in error.errors())
+        ) from error
+    service = CalcinosisService(settings)
+
+    async def run() -> dict[str, Any]:
+        async with httpx.AsyncClient(follow_redirects=False) as http:
+            return (await service.handle(request, http)).response.wire()
+
+    try:
+        return asyncio.run(run())
+    except (InvalidContextError, DataUnobtainableError) as error:
+        raise UsageError(str(error)) from error
+
+
+def describe_cards(response: dict[str, Any]) -> str:
+    """The cards as an integration engineer reads them on a terminal."""
+    cards = response.get("cards", [])
+    if not cards:
+        return "no cards (calcinosis is not documented for this patient)"
+    lines = []
+    for card in cards:
+        lines.append(f"[{card['indicator']}] {card['summary']}")
+        for suggestion in card.get("suggestions", []):
+            lines.append(f"    suggestion: {suggestion['label']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = argparse.ArgumentParser(prog="calcinosis-cds", description="Calcinosis cutis CDS Hooks service")
@@ -89,6 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("evaluate", help="print the cards for a FHIR Bundle or CDS Hooks request file")
     run.add_argument("path", help="JSON file, or - for standard input")
     commands.add_parser("feedback-report", help="acceptance rate per card topic and top override reasons (read-only)")
+    checking = commands.add_parser("check", help="run patient-view with no prefetch against a FHIR server")
+    checking.add_argument("--fhir-server", required=True, help="FHIR R4 base URL")
+    checking.add_argument("--patient", required=True, help="Patient id on that server")
+    checking.add_argument("--token", help="bearer token for the FHIR server")
+    checking.add_argument("--json", action="store_true", help="print the CDS Hooks response JSON")
+    sandbox = commands.add_parser("sandbox", help="test patients for a FHIR sandbox")
+    sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    loading = sandbox_commands.add_parser(
+        "load", help="load the scenario patients into a FHIR server (PUT, idempotent)"
+    )
+    loading.add_argument("--fhir-server", required=True, help="FHIR R4 base URL")
+    loading.add_argument("--token", help="bearer token for the FHIR server")
+    loading.add_argument("--patients", help="folder of scenario Bundles (default: deploy/fhir-sandbox/patients)")
+    loading.add_argument("--no-shift", action="store_true", help="keep the dates as written (anchor 2026-11-01)")
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -107,6 +198,23 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers or settings.workers,
             log_level=settings.log_level.lower(),
         )
+        return 0
+    if args.command in ("check", "sandbox"):
+        try:
+            if args.command == "check":
+                response = check(args.fhir_server, args.patient, args.token, settings)
+                text = (
+                    orjson.dumps(response, option=orjson.OPT_INDENT_2).decode()
+                    if args.json
+                    else describe_cards(response)
+                )
+                sys.stdout.write(text + "\n")
+            else:
+                for line in load_sandbox(args.fhir_server, args.token, args.patients, not args.no_shift):
+                    print(line)
+        except (UsageError, ScenarioError) as error:
+            print(f"calcinosis-cds: {error}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "feedback-report":
         try:

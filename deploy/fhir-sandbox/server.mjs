@@ -380,10 +380,13 @@ function hostPort() {
 // ---------------------------------------------------------------------------------------------
 // Start-up loading: each file goes through the same transaction/batch path as `POST /`, so
 // ids are server-assigned and urn:uuid references are rewritten exactly as for a client.
-async function loadFile(file) {
+async function loadFile(file, fromDirectory) {
   const t = performance.now();
   const bundle = JSON.parse(readFileSync(file, 'utf8'));
   if (bundle.resourceType !== 'Bundle' || !['transaction', 'batch'].includes(bundle.type)) {
+    // A folder may hold other JSON beside the Bundles (e.g. patients/expected.json): skip it.
+    // A file named explicitly must be a Bundle.
+    if (fromDirectory) return log(`skipped ${file}: not a transaction or batch Bundle`);
     throw new Error(`${file}: not a transaction or batch Bundle`);
   }
   const [result, response] = await router.handleRequest(
@@ -406,13 +409,14 @@ async function loadFile(file) {
 
 for (const item of config.load) {
   try {
-    const files = statSync(item).isDirectory()
+    const directory = statSync(item).isDirectory();
+    const files = directory
       ? readdirSync(item)
           .filter((f) => f.endsWith('.json'))
           .sort()
           .map((f) => join(item, f))
       : [item];
-    for (const file of files) await loadFile(file);
+    for (const file of files) await loadFile(file, directory);
   } catch (err) {
     fatal(`cannot load ${item}: ${err.message}`);
   }

@@ -73,8 +73,8 @@ def service_url() -> Iterator[str]:
     port = _free_port()
     env = {
         **os.environ,
-        "CALCINOSIS_FHIR_PAGE_SIZE": "5",  # forces paging on every query
-        "CALCINOSIS_FETCH_DEADLINE_SECONDS": "10",
+        "CALCINOSIS_FHIR_PAGE_SIZE": "20",  # small pages: every realistic chart is paged
+        "CALCINOSIS_FETCH_DEADLINE_SECONDS": "30",
         "CALCINOSIS_FHIR_PAGE_CAP": "200",
         "CALCINOSIS_LOG_LEVEL": "WARNING",
     }
