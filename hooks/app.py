@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -24,9 +25,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hooks.metrics import CARDS, LATENCY, REGISTRY, REQUESTS
+from hooks.auth import VerifiedToken
+from hooks.metrics import AUTH_FAILURES, CARDS, LATENCY, REGISTRY, REQUESTS
 from hooks.models import Discovery, Feedback, HookRequest, operation_outcome
 from hooks.prefetch import DataUnobtainableError
+from hooks.security import INSECURE_WARNING, Authenticator, AuthError
 from hooks.service import HOOK, SERVICE_ID, SPEC_VERSION, CalcinosisService, InvalidContextError
 from hooks.settings import Settings
 from hooks.stores import open_feedback_store
@@ -98,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service = CalcinosisService(settings)
     feedback = open_feedback_store(settings.feedback_database_url)
+    authenticator = Authenticator(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,6 +114,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.feedback = feedback
     app.state.http = None
+    app.state.authenticator = authenticator
+
+    async def authenticate(request: Request) -> VerifiedToken | None:
+        """Every endpoint: verify the EHR's JWT for the exact URL called; 401 without detail."""
+        if request.app.state.http is None:
+            request.app.state.http = httpx.AsyncClient(follow_redirects=False)
+        try:
+            return await authenticator.authenticate(
+                request.headers.get("authorization"), request.url.path, request.app.state.http
+            )
+        except AuthError as error:
+            AUTH_FAILURES.labels(error.reason).inc()
+            log.warning(
+                "auth rejected path=%s reason=%s issuer=%s", request.url.path, error.reason, error.issuer or "-"
+            )
+            raise ApiError(401, "login", "authentication required") from error
+
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -120,7 +141,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> Response:
-        return problem(error.status, error.code, error.diagnostics)
+        response = problem(error.status, error.code, error.diagnostics)
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> Response:
@@ -137,20 +161,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return problem(500, "exception", "internal error; see the service log")
 
     @app.get("/cds-services")
-    async def discovery() -> Response:
-        body = Discovery(services=[service.describe()], version=SPEC_VERSION)
+    async def discovery(request: Request) -> Response:
+        await authenticate(request)
+        description = service.describe()
+        if authenticator.disabled:
+            description.extension = {
+                "org.calcinosis-cds.security": {"authentication": "disabled", "warning": INSECURE_WARNING}
+            }
+        body = Discovery(services=[description], version=SPEC_VERSION)
         return ORJSONResponse(body.wire())
 
     @app.post("/cds-services/{service_id}")
     async def call(service_id: str, request: Request) -> Response:
         started = time.perf_counter()
+        verified = await authenticate(request)
         if service_id != SERVICE_ID:
             raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
         hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes))
+        if hook_request.fhir_server is not None and not authenticator.fhir_server_allowed(
+            verified, hook_request.fhir_server
+        ):
+            log.warning(
+                "untrusted fhirServer hookInstance=%s host=%s issuer=%s",
+                hook_request.hook_instance,
+                urlsplit(hook_request.fhir_server).hostname,
+                verified.issuer if verified else "-",
+            )
         if hook_request.hook != HOOK:
             raise ApiError(400, "not-supported", f"service '{SERVICE_ID}' answers the '{HOOK}' hook only")
         try:
-            outcome = await service.handle(hook_request, request.app.state.http)
+            outcome = await service.handle(
+                hook_request,
+                request.app.state.http,
+                server_allowed=lambda url: authenticator.fhir_server_allowed(verified, url),
+            )
         except InvalidContextError as error:
             raise ApiError(400, "invalid", str(error)) from error
         except DataUnobtainableError as error:
@@ -172,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/cds-services/{service_id}/feedback")
     async def receive_feedback(service_id: str, request: Request) -> Response:
+        await authenticate(request)
         if service_id != SERVICE_ID:
             raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
         body = validate(Feedback, await read_json(request, settings.max_body_bytes))
@@ -188,7 +233,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz() -> Response:
         """Ready for traffic: knowledge base and value sets loaded (they load in create_app, so
         a process that got here has them) and the stores reachable."""
-        checks = {"knowledgeBase": service.knowledge.version, "feedbackStore": await run_in_threadpool(feedback.ping)}
+        checks: dict[str, Any] = {
+            "knowledgeBase": service.knowledge.version,
+            "feedbackStore": await run_in_threadpool(feedback.ping),
+        }
+        ping = getattr(authenticator.replay, "ping", None)
+        if ping is not None:
+            checks["replayCache"] = await ping()
         ready = all(bool(v) for v in checks.values())
         return ORJSONResponse(
             {"status": "ready" if ready else "not-ready", "checks": checks}, status_code=200 if ready else 503

@@ -182,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     loading.add_argument("--no-shift", action="store_true", help="keep the dates as written (anchor 2026-11-01)")
     args = parser.parse_args(argv)
     try:
-        settings = Settings()
+        # Only `serve` accepts calls from an EHR; the other commands run locally for their user.
+        settings = Settings() if args.command == "serve" else Settings(auth_disabled=True)
     except ValidationError as error:
-        print(f"calcinosis-cds: invalid configuration: {error}", file=sys.stderr)
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors())
+        print(f"calcinosis-cds: invalid configuration: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":

@@ -132,7 +132,9 @@ class PrefetchResolver:
         settings: Settings,
         http: httpx.AsyncClient | None,
         documents_calcinosis: Callable[[list[dict[str, Any]]], bool],
+        server_allowed: Callable[[str], bool] = lambda url: True,
     ) -> None:
+        self.server_allowed = server_allowed
         self.keys = keys
         self.settings = settings
         self.http = http
@@ -140,6 +142,9 @@ class PrefetchResolver:
 
     def _client(self, request: HookRequest) -> FhirClient | None:
         if request.fhir_server is None or self.http is None:
+            return None
+        if not self.server_allowed(request.fhir_server):
+            # Never call (or send the token to) a server that is not trusted for this client.
             return None
         token = request.fhir_authorization.access_token if request.fhir_authorization else None
         return FhirClient(
@@ -187,9 +192,12 @@ class PrefetchResolver:
                 data.notes.append(f"{spec.key}: prefetch held an OperationOutcome")
             if client is None:
                 if spec.required:
-                    raise DataUnobtainableError(
-                        f"prefetch '{spec.key}' is missing and no fhirServer was given to fetch it"
+                    why = (
+                        "the request's fhirServer is not a FHIR server trusted for this client"
+                        if request.fhir_server is not None and self.http is not None
+                        else "no fhirServer was given to fetch it"
                     )
+                    raise DataUnobtainableError(f"prefetch '{spec.key}' is missing and {why}")
                 data.how[spec.key] = "unavailable"
                 continue
             to_fetch[spec.key] = self._fetch(client, spec, patient_id)

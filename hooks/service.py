@@ -7,6 +7,7 @@ The handler is shared by the HTTP route and the `evaluate` command, so both give
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -83,11 +84,17 @@ class CalcinosisService:
         return documents_calcinosis(resources, self.terminology)
 
     async def handle(
-        self, request: HookRequest, http: httpx.AsyncClient | None, as_of: datetime | None = None
+        self,
+        request: HookRequest,
+        http: httpx.AsyncClient | None,
+        as_of: datetime | None = None,
+        server_allowed: Callable[[str], bool] = lambda url: True,
     ) -> Outcome:
-        """Resolve data, assess, render cards."""
+        """Resolve data, assess, render cards. `server_allowed` is the SSRF guard: the HTTP layer
+        passes the verified client's FHIR server allowlist; the command line, whose user names the
+        server, allows it."""
         context = self.context(request)
-        resolver = PrefetchResolver(self.keys, self.settings, http, self.documents_calcinosis)
+        resolver = PrefetchResolver(self.keys, self.settings, http, self.documents_calcinosis, server_allowed)
         data = await resolver.resolve(request, context.patient_id)
         if data.silent:
             return Outcome(HookResponse(cards=[]), data, context.patient_id)

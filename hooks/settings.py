@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,14 +46,51 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=10_000_000, ge=100_000, le=200_000_000, description="Largest request body accepted (413 above)."
     )
+    auth_disabled: bool = Field(
+        default=False,
+        description="Accept calls without a JWT (local use only: logged as a warning and shown in discovery).",
+    )
+    trusted_clients: str | None = Field(
+        default=None,
+        description="EHRs allowed to call: a JSON file path or inline JSON (issuer, jku, jwks, tenant, fhir_servers).",
+    )
+    public_base_url: str | None = Field(
+        default=None,
+        description="The base URL the EHR calls (e.g. https://cds.example.org); JWT audiences are built from it.",
+    )
+    replay_cache_url: str = Field(
+        default="memory://", description="Where seen JWT ids are kept: memory:// (one instance) or redis://host:6379/0."
+    )
+    local_fhir_servers: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="With auth disabled: FHIR base URLs the service may call (loopback addresses are always allowed).",
+    )
     log_level: str = Field(default="INFO", description="Python log level.")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "local_fhir_servers", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
+            raise ValueError("must be an absolute http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth_configured(self) -> Settings:
+        if not self.auth_disabled and (not self.trusted_clients or not self.public_base_url):
+            raise ValueError(
+                "authentication is on: set CALCINOSIS_TRUSTED_CLIENTS and CALCINOSIS_PUBLIC_BASE_URL, "
+                "or CALCINOSIS_AUTH_DISABLED=true for local use only"
+            )
+        return self
 
     @field_validator("log_level")
     @classmethod

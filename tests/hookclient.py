@@ -76,6 +76,7 @@ def prefetch_of(chart: Chart) -> dict[str, Any]:
 
 def make_app(**settings: Any) -> Any:
     settings.setdefault("feedback_database_url", "memory://")
+    settings.setdefault("auth_disabled", True)
     return create_app(Settings(**settings))
 
 

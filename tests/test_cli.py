@@ -76,7 +76,16 @@ def test_settings_come_from_the_environment_and_bad_values_fail_clearly(
     from hooks.settings import Settings
 
     monkeypatch.setenv("CALCINOSIS_CORS_ORIGINS", "https://sandbox.cds-hooks.org, https://ehr.example.org")
-    assert Settings().cors_origins == ["https://sandbox.cds-hooks.org", "https://ehr.example.org"]
+    assert Settings(auth_disabled=True).cors_origins == ["https://sandbox.cds-hooks.org", "https://ehr.example.org"]
     monkeypatch.setenv("CALCINOSIS_PORT", "not-a-port")
     assert main(["evaluate", "-"]) == 2
     assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_serve_refuses_to_start_without_authentication_configured(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CALCINOSIS_AUTH_DISABLED", raising=False)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "CALCINOSIS_TRUSTED_CLIENTS" in err and "Traceback" not in err

@@ -62,6 +62,7 @@ def serve_chart(
 
 
 def call(chart: Chart, prefetch: dict[str, Any] | None = None, **settings: Any) -> httpx.Response:
+    settings.setdefault("local_fhir_servers", [FHIR_BASE])
     app = make_app(**settings)
     return post(app, "/cds-services/calcinosis", hook_request(chart, prefetch=prefetch or {}, with_server=True))
 

@@ -77,6 +77,8 @@ def service_url() -> Iterator[str]:
         "CALCINOSIS_FETCH_DEADLINE_SECONDS": "30",
         "CALCINOSIS_FHIR_PAGE_CAP": "200",
         "CALCINOSIS_LOG_LEVEL": "WARNING",
+        "CALCINOSIS_AUTH_DISABLED": "true",  # local use; authentication is tested in test_api_security.py
+        "CALCINOSIS_FEEDBACK_DATABASE_URL": "memory://",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "hooks.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -1,0 +1,85 @@
+"""Authentication of the calling EHR and the FHIR server allowlist, as the app applies them.
+
+Every endpoint (discovery, service, feedback) requires `Authorization: Bearer <JWT>` signed by a
+configured client, with `aud` equal to the public URL of the endpoint called. Authentication can
+be switched off only explicitly (`CALCINOSIS_AUTH_DISABLED=true`), for local use: the service then
+warns at start-up and says so in its discovery document, and it calls only loopback FHIR servers
+and those listed in `CALCINOSIS_LOCAL_FHIR_SERVERS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+import httpx
+
+from hooks.auth import (
+    AuthError,
+    InMemoryReplayCache,
+    JwksFetcher,
+    JwtVerifier,
+    ReplayCache,
+    VerifiedToken,
+    bearer_token,
+    fhir_server_allowed,
+    fhir_server_in,
+    load_trusted_clients,
+)
+from hooks.settings import Settings
+from hooks.stores import RedisReplayCache, StoreConfigError
+
+log = logging.getLogger("calcinosis_cds.security")
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+INSECURE_WARNING = "JWT authentication is disabled: for local use only, never with real patient data"
+
+
+def open_replay_cache(url: str) -> ReplayCache:
+    """The replay cache a URL names: memory:// (one instance) or redis:// (several replicas)."""
+    if url == "memory://":
+        return InMemoryReplayCache()
+    if urlsplit(url).scheme in ("redis", "rediss"):
+        return RedisReplayCache(url)
+    raise StoreConfigError(f"replay cache URL scheme '{urlsplit(url).scheme}' is not supported (memory, redis)")
+
+
+class Authenticator:
+    """Verifies callers and decides which FHIR servers a verified caller may make us call."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.disabled = settings.auth_disabled
+        self.base_url = settings.public_base_url or ""
+        self.local_fhir_servers = tuple(settings.local_fhir_servers)
+        self.clients = () if self.disabled else load_trusted_clients(settings.trusted_clients or "")
+        self.replay = open_replay_cache(settings.replay_cache_url)
+        self._verifier: JwtVerifier | None = None
+        if self.disabled:
+            log.warning(INSECURE_WARNING)
+
+    def verifier(self, http: httpx.AsyncClient) -> JwtVerifier:
+        """The verifier, built on first use around the app's shared HTTP client (JWKS fetches)."""
+        if self._verifier is None:
+            self._verifier = JwtVerifier(self.clients, self.replay, JwksFetcher(http))
+        return self._verifier
+
+    async def authenticate(self, authorization: str | None, path: str, http: httpx.AsyncClient) -> VerifiedToken | None:
+        """The verified token for a request to `path`, or None when authentication is disabled.
+        Raises `AuthError` (answered 401 without detail; the reason goes to the log)."""
+        if self.disabled:
+            return None
+        return await self.verifier(http).verify(bearer_token(authorization), self.base_url + path)
+
+    def fhir_server_allowed(self, verified: VerifiedToken | None, url: str) -> bool:
+        """SSRF guard: the verified client's FHIR servers; with authentication disabled, loopback
+        servers and the locally configured list."""
+        if verified is not None:
+            return fhir_server_allowed(verified.client, url)
+        if not self.disabled:
+            return False
+        host = urlsplit(url).hostname
+        if host in LOOPBACK and urlsplit(url).scheme in ("http", "https"):
+            return True
+        return fhir_server_in(self.local_fhir_servers, True, url)
+
+
+__all__ = ["INSECURE_WARNING", "AuthError", "Authenticator", "open_replay_cache"]
