@@ -96,6 +96,21 @@ def validate(model: type[M], data: Any) -> M:
         raise ApiError(400, "invalid", _field_errors(error)) from error
 
 
+def _body_schema(model: type[BaseModel], app: FastAPI) -> dict[str, Any]:
+    """An OpenAPI requestBody for a spec model, so the published API (and fuzzers reading it)
+    know the body the route parses by hand."""
+    schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    definitions = schema.pop("$defs", {})
+    app.state.openapi_schemas.update(definitions)
+    app.state.openapi_schemas[model.__name__] = schema
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; the knowledge base and value sets load (and are checked) here."""
     settings = settings or Settings()
@@ -115,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.feedback = feedback
     app.state.http = None
     app.state.authenticator = authenticator
+    app.state.openapi_schemas = {}
 
     async def authenticate(request: Request) -> VerifiedToken | None:
         """Every endpoint: verify the EHR's JWT for the exact URL called; 401 without detail."""
@@ -171,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = Discovery(services=[description], version=SPEC_VERSION)
         return ORJSONResponse(body.wire())
 
-    @app.post("/cds-services/{service_id}")
+    @app.post("/cds-services/{service_id}", openapi_extra=_body_schema(HookRequest, app))
     async def call(service_id: str, request: Request) -> Response:
         started = time.perf_counter()
         verified = await authenticate(request)
@@ -214,7 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return ORJSONResponse(outcome.response.wire())
 
-    @app.post("/cds-services/{service_id}/feedback")
+    @app.post("/cds-services/{service_id}/feedback", openapi_extra=_body_schema(Feedback, app))
     async def receive_feedback(service_id: str, request: Request) -> Response:
         await authenticate(request)
         if service_id != SERVICE_ID:
@@ -263,4 +279,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         LATENCY.labels(endpoint).observe(time.perf_counter() - started)
         return response
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus the spec models the hand-parsed routes read."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            document.setdefault("components", {}).setdefault("schemas", {}).update(app.state.openapi_schemas)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
