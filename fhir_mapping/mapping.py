@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from calcinosis.findings import (
     Analyte,
@@ -66,6 +66,11 @@ _DATE = re.compile(
 _NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(-?\d+(?:\.\d+)?)\s*$")
 _MASS_PER_DAY = {"ug": 1.0, "mcg": 1.0, "µg": 1.0, "μg": 1.0, "mg": 1000.0, "ng": 0.001}
 _PERIOD_DAYS = {"h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.4, "a": 365.25}
+
+
+Coding = tuple[str | None, str | None, str | None]
+"""(system, code, display) of one coding, each None when absent or not a string."""
+F = TypeVar("F", ClinicalConcept, DrugClass, ProcedureKind)
 
 
 class MalformedResourceError(ValueError):
@@ -459,16 +464,8 @@ class FindingsBuilder:
 
     def _condition(self, resource: dict[str, Any], reference: str) -> None:
         concept = resource.get("code")
-        found: list[tuple[ClinicalConcept, tuple[str | None, str | None, str | None], bool]] = []
-        for coding in _codings(concept):
-            for finding in self.terminology.match_code(coding[0], coding[1]):
-                if isinstance(finding, ClinicalConcept) and all(finding is not f for f, _, _ in found):
-                    found.append((finding, coding, False))
+        found = self._classify(concept, "condition", ClinicalConcept)
         label = _label(concept)
-        for text in _texts(concept):
-            for finding in self.terminology.match_text("condition", text):
-                if isinstance(finding, ClinicalConcept) and all(finding is not f for f, _, _ in found):
-                    found.append((finding, (None, None, label), True))
         if not found:
             return
         verification = self._status_code(resource.get("verificationStatus"))
@@ -486,7 +483,7 @@ class FindingsBuilder:
         abatement = parse_datetime(resource.get("abatementDateTime")) or _period_point(resource.get("abatementPeriod"))
         body_sites = tuple(site for site in (_label(s) for s in _list(resource.get("bodySite"))) if site)
         self.index[reference] = resource
-        for finding, (system, code, display), by_text in found:
+        for finding, (system, code, display) in found:
             self.conditions.append(
                 ConditionFinding(
                     concept=finding,
@@ -497,9 +494,24 @@ class FindingsBuilder:
                     clinical_status=clinical,
                     verification_status=verification,
                     body_sites=body_sites,
-                    matched_by_text=by_text,
+                    matched_by_text=code is None,
                 )
             )
+
+    def _classify(self, concept: Any, kind: str, finding_type: type[F]) -> list[tuple[F, Coding]]:
+        """Findings of one type a CodeableConcept maps to: by code first, then by the value sets'
+        phrases on its text and displays (for concepts without confirmed codes)."""
+        found: list[tuple[F, Coding]] = []
+        for coding in _codings(concept):
+            for finding in self.terminology.match_code(coding[0], coding[1]):
+                if isinstance(finding, finding_type) and all(finding is not f for f, _ in found):
+                    found.append((finding, coding))
+        label = _label(concept)
+        for text in _texts(concept):
+            for finding in self.terminology.match_text(kind, text):
+                if isinstance(finding, finding_type) and all(finding is not f for f, _ in found):
+                    found.append((finding, (None, None, label)))
+        return found
 
     def _status_code(self, concept: Any) -> str | None:
         for _, code, _ in _codings(concept):
@@ -537,16 +549,8 @@ class FindingsBuilder:
         kind = resource["resourceType"]
         self.has_medication_data = True
         concept = self._medication_concept(resource)
-        found: list[tuple[DrugClass, tuple[str | None, str | None, str | None]]] = []
-        for coding in _codings(concept):
-            for finding in self.terminology.match_code(coding[0], coding[1]):
-                if isinstance(finding, DrugClass) and all(finding is not f for f, _ in found):
-                    found.append((finding, coding))
+        found = self._classify(concept, "medication", DrugClass)
         label = _label(concept)
-        for text in _texts(concept):
-            for finding in self.terminology.match_text("medication", text):
-                if isinstance(finding, DrugClass) and all(finding is not f for f, _ in found):
-                    found.append((finding, (None, None, label)))
         if not found:
             return
         status = self._status(resource)
@@ -631,16 +635,8 @@ class FindingsBuilder:
     def _procedure(self, resource: dict[str, Any], reference: str) -> None:
         self.has_procedure_data = True
         concept = resource.get("code")
-        found: list[tuple[ProcedureKind, tuple[str | None, str | None, str | None]]] = []
-        for coding in _codings(concept):
-            for finding in self.terminology.match_code(coding[0], coding[1]):
-                if isinstance(finding, ProcedureKind) and all(finding is not f for f, _ in found):
-                    found.append((finding, coding))
+        found = self._classify(concept, "procedure", ProcedureKind)
         label = _label(concept)
-        for text in _texts(concept):
-            for finding in self.terminology.match_text("procedure", text):
-                if isinstance(finding, ProcedureKind) and all(finding is not f for f, _ in found):
-                    found.append((finding, (None, None, label)))
         if not found:
             return
         status = self._status(resource)

@@ -150,8 +150,11 @@ class FhirClient:
         first = f"{self.base_url}/{query}"
         if page_size is not None and "_count=" not in query:
             first += ("&" if "?" in query else "?") + f"_count={page_size}"
-        url: str | None = first
-        result = SearchResult()
+        return await self.follow(first, SearchResult())
+
+    async def follow(self, url: str | None, result: SearchResult) -> SearchResult:
+        """Read search pages from `url` on, following next links, until none is left or the page
+        cap is reached (then `result.truncated`)."""
         while url:
             if result.pages >= self.page_cap:
                 result.truncated = True

@@ -218,16 +218,9 @@ class PrefetchResolver:
     def _continue_paging(self, client: FhirClient, bundle: dict[str, Any], spec: PrefetchKey) -> Job:
         async def run() -> list[dict[str, Any]]:
             result = SearchResult()
-            url = client.add_bundle(bundle, result)
-            while url:
-                if result.pages >= client.page_cap:
-                    result.truncated = True
-                    break
-                body = await client.get_json(url)
-                result.pages += 1
-                if body is None:
-                    raise FhirFetchError("FHIR next page answered 404", 404)
-                url = client.add_bundle(body, result)
+            result = await client.follow(client.add_bundle(bundle, result), result)
+            if result.truncated:
+                raise FhirFetchError(f"more than {client.page_cap} pages")
             return _of_type(result.resources, spec.resource_type)
 
         return run
