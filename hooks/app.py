@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hooks.audit import audit_hook_call
 from hooks.auth import VerifiedToken
 from hooks.metrics import AUTH_FAILURES, CARDS, LATENCY, REGISTRY, REQUESTS
 from hooks.models import Discovery, Feedback, HookRequest, operation_outcome
@@ -190,45 +191,64 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/cds-services/{service_id}", openapi_extra=_body_schema(HookRequest, app))
     async def call(service_id: str, request: Request) -> Response:
         started = time.perf_counter()
-        verified = await authenticate(request)
-        if service_id != SERVICE_ID:
-            raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
-        hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes))
-        if hook_request.fhir_server is not None and not authenticator.fhir_server_allowed(
-            verified, hook_request.fhir_server
-        ):
-            log.warning(
-                "untrusted fhirServer hookInstance=%s host=%s issuer=%s",
-                hook_request.hook_instance,
-                urlsplit(hook_request.fhir_server).hostname,
-                verified.issuer if verified else "-",
-            )
-        if hook_request.hook != HOOK:
-            raise ApiError(400, "not-supported", f"service '{SERVICE_ID}' answers the '{HOOK}' hook only")
+        verified: VerifiedToken | None = None
+        hook_instance: str | None = None
+        status, cards = 500, None
         try:
-            outcome = await service.handle(
-                hook_request,
-                request.app.state.http,
-                server_allowed=lambda url: authenticator.fhir_server_allowed(verified, url),
+            verified = await authenticate(request)
+            if service_id != SERVICE_ID:
+                raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
+            hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes))
+            hook_instance = str(hook_request.hook_instance)
+            if hook_request.fhir_server is not None and not authenticator.fhir_server_allowed(
+                verified, hook_request.fhir_server
+            ):
+                log.warning(
+                    "untrusted fhirServer hookInstance=%s host=%s issuer=%s",
+                    hook_instance,
+                    urlsplit(hook_request.fhir_server).hostname,
+                    verified.issuer if verified else "-",
+                )
+            if hook_request.hook != HOOK:
+                raise ApiError(400, "not-supported", f"service '{SERVICE_ID}' answers the '{HOOK}' hook only")
+            try:
+                outcome = await service.handle(
+                    hook_request,
+                    request.app.state.http,
+                    server_allowed=lambda url: authenticator.fhir_server_allowed(verified, url),
+                )
+            except InvalidContextError as error:
+                raise ApiError(400, "invalid", str(error)) from error
+            except DataUnobtainableError as error:
+                log.info("hook=%s hookInstance=%s status=412 reason=%s", HOOK, hook_instance, error)
+                raise ApiError(412, "processing", str(error)) from error
+            for card in outcome.response.cards:
+                CARDS.labels(card.source.topic.code if card.source.topic else "none", card.indicator).inc()
+            status, cards = 200, len(outcome.response.cards)
+            log.info(
+                "hook=%s hookInstance=%s service=%s status=200 cards=%d fhirRequests=%d prefetch=%s ms=%.1f",
+                HOOK,
+                hook_instance,
+                SERVICE_ID,
+                cards,
+                outcome.data.fhir_requests,
+                ",".join(f"{k}:{v}" for k, v in sorted(outcome.data.how.items())),
+                (time.perf_counter() - started) * 1000,
             )
-        except InvalidContextError as error:
-            raise ApiError(400, "invalid", str(error)) from error
-        except DataUnobtainableError as error:
-            log.info("hook=%s hookInstance=%s status=412 reason=%s", HOOK, hook_request.hook_instance, error)
-            raise ApiError(412, "processing", str(error)) from error
-        for card in outcome.response.cards:
-            CARDS.labels(card.source.topic.code if card.source.topic else "none", card.indicator).inc()
-        log.info(
-            "hook=%s hookInstance=%s service=%s status=200 cards=%d fhirRequests=%d prefetch=%s ms=%.1f",
-            HOOK,
-            hook_request.hook_instance,
-            SERVICE_ID,
-            len(outcome.response.cards),
-            outcome.data.fhir_requests,
-            ",".join(f"{k}:{v}" for k, v in sorted(outcome.data.how.items())),
-            (time.perf_counter() - started) * 1000,
-        )
-        return ORJSONResponse(outcome.response.wire())
+            return ORJSONResponse(outcome.response.wire())
+        except ApiError as error:
+            status = error.status
+            raise
+        finally:
+            audit_hook_call(
+                service_id=SERVICE_ID,
+                hook=HOOK,
+                hook_instance=hook_instance,
+                status=status,
+                verified=verified,
+                client_address=request.client.host if request.client else None,
+                cards=cards,
+            )
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_body_schema(Feedback, app))
     async def receive_feedback(service_id: str, request: Request) -> Response:

@@ -188,3 +188,37 @@ def test_logs_carry_no_patient_data_or_tokens(
     assert "hookInstance=" in logged and "cards=3" in logged
     for secret in ("Zebulon", "Quixotic", "mrn-98765-zq", "1951-07-04", "13.37", "6.93", bearer, "secret-token-value"):
         assert secret not in logged, secret
+
+
+def test_every_hook_call_is_audited_without_patient_data(
+    key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = secured_app(key)
+    path = "/cds-services/calcinosis"
+    chart = calcinosis_chart()
+    request = hook_request(chart)
+    with caplog.at_level(logging.INFO, logger="calcinosis_cds.audit"):
+        post(app, path, request, {"Authorization": f"Bearer {token(key, path)}"})
+        post(app, path, request)  # no token
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "calcinosis_cds.audit"]
+    assert [e["outcome"] for e in events] == ["0", "4"]
+    ok, rejected = events
+    assert ok["resourceType"] == "AuditEvent" and ok["agent"][0]["who"]["identifier"]["system"] == ISSUER
+    assert ok["entity"][0]["what"]["identifier"]["value"] == request["hookInstance"]
+    assert ok["outcomeDesc"] == "HTTP 200, 3 cards" and rejected["outcomeDesc"] == "HTTP 401"
+    assert chart.patient_id not in json.dumps(events)
+
+
+def test_a_token_replayed_to_another_replica_is_refused_with_redis(key: ec.EllipticCurvePrivateKey) -> None:
+    def replica() -> Any:
+        return make_app(
+            auth_disabled=False,
+            trusted_clients=trusted_clients(key),
+            public_base_url=BASE,
+            replay_cache_url="redis://127.0.0.1:6379/0",
+        )
+
+    path = "/cds-services"
+    once = token(key, path)
+    assert get(replica(), path, {"Authorization": f"Bearer {once}"}).status_code == 200
+    assert get(replica(), path, {"Authorization": f"Bearer {once}"}).status_code == 401
