@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from calcinosis.assessment import Comparison, DerivedValue, Evidence
 from calcinosis.derived import (
@@ -88,6 +88,18 @@ def medication_evidence(medication: MedicationExposure, note: str | None = None)
         date=medication.start,
         note=note,
     )
+
+
+def cite_medications(
+    medications: list[MedicationExposure], note: str | None = None, limit: int = 3
+) -> tuple[Evidence, ...]:
+    """Evidence for a course of medication: the first order (where the duration starts) and the
+    most recent ones, rather than every monthly refill."""
+    if not medications:
+        return ()
+    ordered = sorted(medications, key=lambda m: m.start or datetime.min.replace(tzinfo=UTC))
+    chosen = [ordered[0], *ordered[1:][-(limit - 1) :]] if limit > 1 else ordered[:1]
+    return tuple(medication_evidence(m, note) for m in chosen)
 
 
 def procedure_evidence(procedure: ProcedureFinding, note: str | None = None) -> Evidence:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from calcinosis.assessment import CalciphylaxisRisk, Evidence, RiskFactor
-from calcinosis.context import HIGH, PatientContext, condition_evidence, lab_evidence, medication_evidence
+from calcinosis.context import HIGH, PatientContext, cite_medications, condition_evidence, lab_evidence
 from calcinosis.derived import is_above, is_below
 from calcinosis.findings import Analyte, ClinicalConcept, DrugClass, Sex
 
@@ -50,7 +50,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
     warfarin = [m for m in ctx.medications(DrugClass.WARFARIN) if m.status not in ("entered-in-error", "cancelled")]
     if warfarin:
         days = ctx.exposure_days(warfarin)
-        evidence = tuple(medication_evidence(m) for m in warfarin)
+        evidence = cite_medications(warfarin)
         if days >= kb.value("warfarin-long-term-days"):
             major.append(
                 RiskFactor(
@@ -74,7 +74,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
     ]
     if binders:
         days = ctx.exposure_days(binders)
-        evidence = tuple(medication_evidence(m) for m in binders)
+        evidence = cite_medications(binders)
         if days > kb.value("binder-duration-days"):
             major.append(
                 RiskFactor(
@@ -109,7 +109,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                     "active-vitamin-d-high",
                     f"Active vitamin D {high[0].daily_dose_mcg:g} µg/day (> 0.5)",
                     "major",
-                    tuple(medication_evidence(m) for m in high),
+                    cite_medications(high),
                     CONSENSUS,
                 )
             )
@@ -121,7 +121,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                     "active-vitamin-d",
                     "Active vitamin D",
                     "additional",
-                    tuple(medication_evidence(m) for m in active_d),
+                    cite_medications(active_d),
                     CONSENSUS,
                     note,
                 )
@@ -165,7 +165,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
     bmi = ctx.latest(Analyte.BMI, year_ago)
     if obesity:
         minor.append(
-            RiskFactor("obesity", "Obesity", "minor", tuple(condition_evidence(c) for c in obesity), CONSENSUS)
+            RiskFactor("obesity", "Obesity", "minor", tuple(condition_evidence(c) for c in obesity[:3]), CONSENSUS)
         )
     elif (
         bmi is not None
@@ -215,7 +215,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                 "immunosuppression",
                 "Long-term glucocorticoids or immunosuppressants",
                 "minor",
-                tuple(medication_evidence(m) for m in immuno[:3]),
+                cite_medications(immuno),
                 CONSENSUS,
                 "'long-term' taken as >= 3 months (unconfirmed design choice)",
             )
@@ -267,7 +267,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                 "sc-insulin-heparin",
                 "Subcutaneous insulin or heparin",
                 "minor",
-                tuple(medication_evidence(m) for m in injections[:3]),
+                cite_medications(injections),
                 CONSENSUS,
             )
         )
@@ -279,7 +279,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                 "parenteral-iron",
                 "Parenteral iron",
                 "additional",
-                tuple(medication_evidence(m) for m in iron[:3]),
+                cite_medications(iron),
                 ("Medscape-CPX",),
             )
         )

@@ -20,7 +20,7 @@ from calcinosis.context import (
     procedure_evidence,
 )
 from calcinosis.derived import is_above
-from calcinosis.findings import Analyte, ClinicalConcept, DrugClass, ProcedureKind
+from calcinosis.findings import Analyte, ClinicalConcept, ConditionFinding, DrugClass, ProcedureKind
 
 ACTD = (
     ClinicalConcept.SYSTEMIC_SCLEROSIS,
@@ -170,12 +170,12 @@ def _metastatic_causes(ctx: PatientContext) -> list[RuleFinding]:
                 ("DermNet", "Medscape-CC"),
             )
         )
-    for condition in ctx.conditions(*METASTATIC_CAUSE_CONCEPTS):
+    for first, cited in _by_concept(ctx, METASTATIC_CAUSE_CONCEPTS):
         causes.append(
             RuleFinding(
                 "CC-MET-CAUSE",
-                f"Recorded cause of abnormal Ca/P metabolism: {condition.source.display or condition.concept.value}",
-                (condition_evidence(condition),),
+                f"Recorded cause of abnormal Ca/P metabolism: {first.source.display or first.concept.value}",
+                cited,
                 ("DermNet", "Medscape-CC", "StatPearls"),
             )
         )
@@ -246,25 +246,37 @@ def assess_metastatic(ctx: PatientContext) -> SubtypeAssessment:
     return SubtypeAssessment(Subtype.METASTATIC, likelihood, tuple(findings), tuple(missing))
 
 
+def _by_concept(
+    ctx: PatientContext, concepts: tuple[ClinicalConcept, ...], limit: int = 3
+) -> list[tuple[ConditionFinding, tuple[Evidence, ...]]]:
+    """One entry per concept on record (the same diagnosis is often coded at every encounter):
+    its first condition, and evidence from up to `limit` of them."""
+    grouped = []
+    for concept in concepts:
+        found = ctx.conditions(concept)
+        if found:
+            grouped.append((found[0], tuple(condition_evidence(c) for c in found[:limit])))
+    return grouped
+
+
 def _dystrophic_causes(ctx: PatientContext) -> list[RuleFinding]:
     findings = []
-    for condition in ctx.conditions(*DYSTROPHIC_CAUSES):
+    for first, evidence in _by_concept(ctx, DYSTROPHIC_CAUSES):
         findings.append(
             RuleFinding(
                 "CC-DYS-CAUSE",
-                f"Tissue-damaging condition on record: {condition.source.display or condition.concept.value}",
-                (condition_evidence(condition),),
+                f"Tissue-damaging condition on record: {first.source.display or first.concept.value}",
+                evidence,
                 ("StatPearls", "DermNet", "Balin-Mayo-2012"),
             )
         )
-    for condition in ctx.conditions(
-        ClinicalConcept.RAYNAUD, ClinicalConcept.DIGITAL_ULCER, ClinicalConcept.ACROOSTEOLYSIS
-    ):
+    features = (ClinicalConcept.RAYNAUD, ClinicalConcept.DIGITAL_ULCER, ClinicalConcept.ACROOSTEOLYSIS)
+    for first, evidence in _by_concept(ctx, features):
         findings.append(
             RuleFinding(
                 "CC-DYS-SSC-FEATURE",
-                f"Feature associated with calcinosis in systemic sclerosis: {condition.source.display or condition.concept.value}",
-                (condition_evidence(condition),),
+                f"Feature associated with calcinosis in systemic sclerosis: {first.source.display or first.concept.value}",
+                evidence,
                 ("Valenzuela-Chung-2015", "SCTC-2016"),
             )
         )

@@ -73,6 +73,22 @@ Coding = tuple[str | None, str | None, str | None]
 F = TypeVar("F", ClinicalConcept, DrugClass, ProcedureKind)
 
 
+@dataclass(frozen=True, slots=True)
+class _LabCandidate:
+    """A matching, countable Observation (or component) not yet read in detail."""
+
+    effective: datetime
+    analyte: Analyte
+    coding: Coding
+    element: dict[str, Any]
+    resource: dict[str, Any]
+    reference: str
+    from_issued: bool
+
+
+DEFAULT_LAB_RETENTION_DAYS = 730
+
+
 class MalformedResourceError(ValueError):
     """A resource is structurally unusable; the message is safe to show (no patient data)."""
 
@@ -82,6 +98,15 @@ def parse_datetime(value: Any) -> datetime | None:
     day of their period. Anything else is None (never an exception)."""
     if not isinstance(value, str):
         return None
+    # Fast path for the common full forms (C parser); the regex below handles partial dates and
+    # rejects what FHIR does not allow.
+    if len(value) >= 19 and value[10] == "T" and value[4] == "-":
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            moment = None
+        if moment is not None:
+            return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     match = _DATE.match(value.strip())
     if not match:
         return None
@@ -164,8 +189,16 @@ class MappingResult:
 class FindingsBuilder:
     """Accumulates findings from resources of one patient."""
 
-    def __init__(self, terminology: Terminology, as_of: datetime, patient_id: str | None = None) -> None:
+    def __init__(
+        self,
+        terminology: Terminology,
+        as_of: datetime,
+        patient_id: str | None = None,
+        lab_retention_days: int = DEFAULT_LAB_RETENTION_DAYS,
+    ) -> None:
         self.terminology = terminology
+        self.lab_retention = timedelta(days=lab_retention_days)
+        self._lab_candidates: list[_LabCandidate] = []
         self.as_of = as_of
         self.patient_id = patient_id
         self.labs: list[LabResult] = []
@@ -225,8 +258,45 @@ class FindingsBuilder:
         except MalformedResourceError as problem:
             self._skip(reference, str(problem))
 
+    def _read_labs(self) -> None:
+        """Read the lab candidates the rules can use: every result within the retention window,
+        and the newest older one of each analyte (cited as "last result, outside the window")."""
+        cutoff = self.as_of - self.lab_retention
+        newest_old: dict[Analyte, _LabCandidate] = {}
+        selected: list[_LabCandidate] = []
+        for candidate in self._lab_candidates:
+            if candidate.effective >= cutoff:
+                selected.append(candidate)
+            elif candidate.analyte not in newest_old or candidate.effective > newest_old[candidate.analyte].effective:
+                newest_old[candidate.analyte] = candidate
+        selected.extend(newest_old.values())
+        interpretations: dict[int, Interpretation | None] = {}
+        for candidate in selected:
+            element = candidate.element
+            key = id(element)
+            if key not in interpretations:
+                interpretations[key] = self._interpretation(element)
+            system, code, display = candidate.coding
+            self.index[candidate.reference] = candidate.resource
+            self.labs.append(
+                self._lab(
+                    candidate.analyte,
+                    element,
+                    candidate.resource["id"],
+                    system,
+                    code,
+                    display,
+                    candidate.effective,
+                    candidate.from_issued,
+                    interpretations[key],
+                    candidate.reference,
+                )
+            )
+        self._lab_candidates = []
+
     def build(self) -> MappingResult:
         """The accumulated findings."""
+        self._read_labs()
         findings = PatientFindings(
             as_of=self.as_of,
             sex=self.sex,
@@ -299,40 +369,17 @@ class FindingsBuilder:
         effective, from_issued = self._observation_date(resource)
         if effective is None:
             raise MalformedResourceError("no effective date or issued time")
-        self.index[reference] = resource
-        resource_id = resource["id"]
-        interpretation = self._interpretation(resource)
-        for analyte, (system, code, display) in matches:
-            self.labs.append(
-                self._lab(
-                    analyte,
-                    resource,
-                    resource_id,
-                    system,
-                    code,
-                    display,
-                    effective,
-                    from_issued,
-                    interpretation,
-                    reference,
-                )
+        # Only remembered here; values, units and ranges are read in `build` for the results
+        # the rules can use (see `lab_retention_days`), which for a decade of dialysis labs is
+        # a small fraction of them.
+        for analyte, coding in matches:
+            self._lab_candidates.append(
+                _LabCandidate(effective, analyte, coding, resource, resource, reference, from_issued)
             )
         for component, found in component_matches:
-            component_interpretation = self._interpretation(component)
-            for analyte, (system, code, display) in found:
-                self.labs.append(
-                    self._lab(
-                        analyte,
-                        component,
-                        resource_id,
-                        system,
-                        code,
-                        display,
-                        effective,
-                        from_issued,
-                        component_interpretation,
-                        reference,
-                    )
+            for analyte, coding in found:
+                self._lab_candidates.append(
+                    _LabCandidate(effective, analyte, coding, component, resource, reference, from_issued)
                 )
 
     def _lab_matches(self, concept: Any) -> list[tuple[Analyte, tuple[str | None, str | None, str | None]]]:
@@ -672,9 +719,14 @@ def bundle_resources(bundle: Any) -> Iterator[Any]:
 
 
 def map_resources(
-    resources: Iterable[Any], terminology: Terminology, as_of: datetime, patient_id: str | None = None
+    resources: Iterable[Any],
+    terminology: Terminology,
+    as_of: datetime,
+    patient_id: str | None = None,
+    lab_retention_days: int = DEFAULT_LAB_RETENTION_DAYS,
 ) -> MappingResult:
-    """Map resources of one patient to findings."""
-    builder = FindingsBuilder(terminology, as_of, patient_id)
+    """Map resources of one patient to findings. Lab results older than `lab_retention_days`
+    are not read in detail, except the newest of each analyte: no rule looks back that far."""
+    builder = FindingsBuilder(terminology, as_of, patient_id, lab_retention_days)
     builder.add_all(resources)
     return builder.build()

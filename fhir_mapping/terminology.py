@@ -95,7 +95,8 @@ class Terminology:
     codes: dict[tuple[str, str], list[Finding]] = field(default_factory=lambda: defaultdict(list))
     provenance: dict[tuple[str, str, str], CodeEntry] = field(default_factory=dict)
     icd_prefixes: list[tuple[str, Finding]] = field(default_factory=list)
-    phrases: dict[str, list[tuple[re.Pattern[str], Finding]]] = field(default_factory=lambda: defaultdict(list))
+    phrases: dict[str, list[tuple[str, Finding]]] = field(default_factory=lambda: defaultdict(list))
+    _matchers: dict[str, tuple[re.Pattern[str], dict[str, list[Finding]]]] = field(default_factory=dict)
     exclusions: dict[Finding, list[re.Pattern[str]]] = field(default_factory=lambda: defaultdict(list))
     value_sets: dict[str, Finding] = field(default_factory=dict)
     skipped_unconfirmed: int = 0
@@ -113,17 +114,28 @@ class Terminology:
                     found.append(finding)
         return found
 
+    def _matcher(self, kind: str) -> tuple[re.Pattern[str], dict[str, list[Finding]]]:
+        """One regular expression for all phrases of a kind (longest first), found at every
+        position through a lookahead; built once. One pass over a text instead of one per phrase."""
+        if kind not in self._matchers:
+            by_phrase: dict[str, list[Finding]] = defaultdict(list)
+            for phrase, finding in self.phrases.get(kind, ()):
+                if finding not in by_phrase[phrase]:
+                    by_phrase[phrase].append(finding)
+            alternatives = "|".join(re.escape(p) for p in sorted(by_phrase, key=len, reverse=True)) or "(?!)"
+            pattern = re.compile(rf"(?=(?<![a-z0-9])({alternatives})(?![a-z0-9]))")
+            self._matchers[kind] = (pattern, dict(by_phrase))
+        return self._matchers[kind]
+
     def match_text(self, kind: str, text: str) -> list[Finding]:
         """Findings of a kind whose phrases occur (as whole words) in `text`."""
         folded = text.lower()
+        pattern, by_phrase = self._matcher(kind)
         found: list[Finding] = []
-        for pattern, finding in self.phrases.get(kind, ()):
-            if (
-                finding not in found
-                and pattern.search(folded)
-                and not any(x.search(folded) for x in self.exclusions.get(finding, ()))
-            ):
-                found.append(finding)
+        for match in pattern.finditer(folded):
+            for finding in by_phrase[match.group(1)]:
+                if finding not in found and not any(x.search(folded) for x in self.exclusions.get(finding, ())):
+                    found.append(finding)
         return found
 
     def codes_for(self, finding: Finding, system: str) -> list[str]:
@@ -187,7 +199,7 @@ def _add_value_set(
     for text in _extension(value_set, EXT_TEXT):
         if not isinstance(text, str) or not text.strip():
             raise TerminologyError(f"{where}: empty text-pattern")
-        terminology.phrases[kind].append((_phrase(text.strip()), finding))
+        terminology.phrases[kind].append((text.strip().lower(), finding))
     for text in _extension(value_set, EXT_EXCLUDE):
         terminology.exclusions[finding].append(_phrase(str(text).strip()))
     compose = value_set.get("compose", {})

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from calcinosis.knowledge_base import KnowledgeBase, default_knowledge
-from fhir_mapping.pipeline import assess_resources, documents_calcinosis
+from fhir_mapping.pipeline import assess_resources, documents_calcinosis, warm_up_validation
 from fhir_mapping.terminology import Terminology, load_terminology
 from hooks.cards import render_cards
 from hooks.models import HookRequest, HookResponse, PatientViewContext, ServiceDescription
@@ -50,6 +50,7 @@ class CalcinosisService:
         self.knowledge = knowledge or default_knowledge()
         self.terminology = terminology or load_terminology(settings.local_valuesets, settings.include_unconfirmed_codes)
         self.keys = prefetch_keys(self.terminology)
+        warm_up_validation()
 
     def describe(self) -> ServiceDescription:
         """The discovery entry."""

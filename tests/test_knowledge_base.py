@@ -56,3 +56,10 @@ def test_a_malformed_file_fails_start_up_with_a_clear_message(monkeypatch: pytes
     monkeypatch.setattr(knowledge_base, "_read", broken)
     with pytest.raises(KnowledgeBaseError, match="phosphate-upper: unknown source 'No-Such-Source'"):
         load_knowledge()
+
+
+def test_lab_retention_covers_every_window_twice() -> None:
+    kb = load_knowledge()
+    longest = max(item.lookback_days or 0 for item in kb.workup)
+    longest = max(longest, int(kb.value("gate-lookback-days") + kb.value("ckd-chronicity-days")))
+    assert kb.value("lab-retention-days") >= 2 * longest

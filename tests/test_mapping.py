@@ -239,7 +239,9 @@ def test_contained_and_referenced_medications() -> None:
         ("2026-03", datetime(2026, 3, 1, tzinfo=UTC)),
         ("2026", datetime(2026, 1, 1, tzinfo=UTC)),
         ("2026-03-04T10:00:00+02:00", datetime(2026, 3, 4, 8, tzinfo=UTC)),
-        ("2026-03-04T10:00:00.123Z", datetime(2026, 3, 4, 10, tzinfo=UTC)),
+        ("2026-03-04T10:00:00.123Z", datetime(2026, 3, 4, 10, 0, 0, 123000, tzinfo=UTC)),
+        ("2026-03-04T10:00:00", datetime(2026, 3, 4, 10, tzinfo=UTC)),
+        ("2026-03-04 10:00:00", None),
         ("2026-02-30", None),
         ("04/03/2026", None),
         (20260304, None),
@@ -257,3 +259,12 @@ def test_mapping_does_not_mutate_the_input() -> None:
     before = copy.deepcopy(bundle)
     assess_resources(bundle_resources(bundle), AS_OF, chart.patient_id)
     assert bundle == before
+
+
+def test_results_beyond_the_retention_window_are_not_read_except_the_newest() -> None:
+    chart = Chart()
+    for days_ago in (5, 800, 900, 1500):
+        chart.lab("17861-6", 9.0 + days_ago / 10000, "mg/dL", days_ago)
+    mapped = map_resources(bundle_resources(chart.bundle()), default_terminology(), AS_OF, chart.patient_id, 730)
+    ages = sorted(round((AS_OF - lab.effective).days) for lab in mapped.findings.labs)
+    assert ages == [5, 800]
