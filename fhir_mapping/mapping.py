@@ -38,7 +38,7 @@ from calcinosis.findings import (
     Sex,
     SourceRef,
 )
-from fhir_mapping.terminology import Terminology, normalise_system
+from fhir_mapping.terminology import ICD10CM, KNOWN_SYSTEMS, Terminology, normalise_system
 from fhir_mapping.units import normalise
 
 OBSERVATION_COUNTS = frozenset({"final", "amended", "corrected"})
@@ -87,6 +87,15 @@ class _LabCandidate:
 
 
 DEFAULT_LAB_RETENTION_DAYS = 730
+_HANDLERS = {
+    "Observation": "_observation",
+    "Condition": "_condition",
+    "Procedure": "_procedure",
+    "Patient": "_patient",
+    "MedicationRequest": "_medication",
+    "MedicationStatement": "_medication",
+    "MedicationAdministration": "_medication",
+}
 
 
 class MalformedResourceError(ValueError):
@@ -237,16 +246,10 @@ class FindingsBuilder:
             self._skip("(unnamed resource)", "not a FHIR resource object")
             return
         kind = resource["resourceType"]
-        handler = {
-            "Observation": self._observation,
-            "Condition": self._condition,
-            "Procedure": self._procedure,
-            "Patient": self._patient,
-        }.get(kind)
-        if kind in MEDICATION_TYPES:
-            handler = self._medication
-        if handler is None:
+        handler_name = _HANDLERS.get(kind)
+        if handler_name is None:
             return
+        handler = getattr(self, handler_name)
         resource_id = resource.get("id")
         reference = f"{kind}/{resource_id}" if isinstance(resource_id, str) and resource_id else f"{kind}/(no id)"
         try:
@@ -382,10 +385,20 @@ class FindingsBuilder:
                     _LabCandidate(effective, analyte, coding, component, resource, reference, from_issued)
                 )
 
-    def _lab_matches(self, concept: Any) -> list[tuple[Analyte, tuple[str | None, str | None, str | None]]]:
-        found: list[tuple[Analyte, tuple[str | None, str | None, str | None]]] = []
+    def _lab_matches(self, concept: Any) -> list[tuple[Analyte, Coding]]:
+        """Analytes a code maps to. Most Observations of a chart are not ones the rules read, so
+        the usual case (canonical system, no match) is a single dictionary look-up per coding."""
+        found: list[tuple[Analyte, Coding]] = []
+        codes = self.terminology.codes
         for coding in _codings(concept):
-            for finding in self.terminology.match_code(coding[0], coding[1]):
+            system, code = coding[0], coding[1]
+            if not code:
+                continue
+            if system in KNOWN_SYSTEMS and system != ICD10CM and code == code.strip():
+                matches = codes.get((system, code), ())
+            else:
+                matches = self.terminology.match_code(system, code)
+            for finding in matches:
                 if isinstance(finding, Analyte) and all(finding is not f for f, _ in found):
                     found.append((finding, coding))
         return found

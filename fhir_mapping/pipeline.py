@@ -10,12 +10,16 @@ the normal case it is a single round.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from calcinosis.assessment import Assessment
@@ -70,7 +74,37 @@ USED_ELEMENTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def validation_problem(resource: dict[str, Any]) -> str | None:
+class ValidationCache:
+    """Validation outcomes keyed by a digest of exactly the content validated.
+
+    The same content always validates the same way, so this is exact, and an EHR resends the same
+    resources every time a chart is opened. Only 16-byte digests and the field-name diagnostics
+    are kept (no patient content), in a bounded LRU shared by the requests of a process.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: OrderedDict[bytes, str | None] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> tuple[bool, str | None]:
+        with self._lock:
+            if key not in self._entries:
+                return False, None
+            self._entries.move_to_end(key)
+            return True, self._entries[key]
+
+    def put(self, key: bytes, problem: str | None) -> None:
+        with self._lock:
+            self._entries[key] = problem
+            if len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+
+VALIDATION_CACHE = ValidationCache()
+
+
+def validation_problem(resource: dict[str, Any], cache: ValidationCache | None = VALIDATION_CACHE) -> str | None:
     """Why the elements of a resource the service used fail FHIR R4 validation, naming fields
     only (never their values)."""
     from fhir.resources.R4B import get_fhir_model_class
@@ -83,6 +117,23 @@ def validation_problem(resource: dict[str, Any]) -> str | None:
     used = USED_ELEMENTS.get(resource_type)
     if used is not None:
         resource = {key: resource[key] for key in ("resourceType", "id", *used) if key in resource}
+    key = b""
+    if cache is not None:
+        try:
+            key = hashlib.blake2b(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+        except (TypeError, orjson.JSONEncodeError):
+            key = b""
+        if key:
+            hit, problem = cache.get(key)
+            if hit:
+                return problem
+    problem = _validate(model, resource)
+    if cache is not None and key:
+        cache.put(key, problem)
+    return problem
+
+
+def _validate(model: Any, resource: dict[str, Any]) -> str | None:
     try:
         model.model_validate(resource)
     except ValidationError as error:

@@ -305,26 +305,40 @@ def subtype_card(assessment: Assessment, kb: KnowledgeBase, hook_instance: uuid.
 # ----- workup card ------------------------------------------------------------------------------
 
 
+_VALIDATED_ORDERS: dict[str, dict[str, Any]] = {}
+
+
 def service_request(gap: WorkupGap, patient_id: str) -> dict[str, Any]:
-    """A draft, proposed ServiceRequest for one gap, validated as FHIR R4 before it is sent."""
-    code: dict[str, Any] = {"text": gap.label}
-    if gap.code is not None:
-        code["coding"] = [{"system": gap.code.system, "code": gap.code.code, "display": gap.code.display}]
-    resource: dict[str, Any] = {
-        "resourceType": "ServiceRequest",
-        "status": "draft",
-        "intent": "proposal",
-        "code": code,
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "reasonCode": [{"text": gap.reason[:200]}],
-        "note": [
-            {
-                "text": "Proposed by calcinosis-cds (calcinosis cutis workup)."
-                + (f" {gap.code_note}." if gap.code_note else "")
-            }
-        ],
-    }
-    ServiceRequest.model_validate(resource)
+    """A draft, proposed ServiceRequest for one gap, validated as FHIR R4 before it is sent.
+
+    Everything but the subject comes from the catalogue, so each item's order is validated once
+    per process and copied per request; the subject is a reference to the request's patientId,
+    which the request model has already checked as a FHIR id.
+    """
+    template = _VALIDATED_ORDERS.get(gap.item_id + "|" + gap.reason)
+    if template is None:
+        code: dict[str, Any] = {"text": gap.label}
+        if gap.code is not None:
+            code["coding"] = [{"system": gap.code.system, "code": gap.code.code, "display": gap.code.display}]
+        template = {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "proposal",
+            "code": code,
+            "subject": {"reference": "Patient/template"},
+            "reasonCode": [{"text": gap.reason[:200]}],
+            "note": [
+                {
+                    "text": "Proposed by calcinosis-cds (calcinosis cutis workup)."
+                    + (f" {gap.code_note}." if gap.code_note else "")
+                }
+            ],
+        }
+        ServiceRequest.model_validate(template)
+        if len(_VALIDATED_ORDERS) < 1000:  # reasons can quote a unit from the record: stay bounded
+            _VALIDATED_ORDERS[gap.item_id + "|" + gap.reason] = template
+    resource = dict(template)
+    resource["subject"] = {"reference": f"Patient/{patient_id}"}
     return resource
 
 

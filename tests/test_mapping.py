@@ -268,3 +268,18 @@ def test_results_beyond_the_retention_window_are_not_read_except_the_newest() ->
     mapped = map_resources(bundle_resources(chart.bundle()), default_terminology(), AS_OF, chart.patient_id, 730)
     ages = sorted(round((AS_OF - lab.effective).days) for lab in mapped.findings.labs)
     assert ages == [5, 800]
+
+
+def test_validation_outcomes_are_cached_by_content() -> None:
+    from fhir_mapping.pipeline import ValidationCache, validation_problem
+
+    cache = ValidationCache(max_entries=2)
+    good = {"resourceType": "Observation", "id": "a", "status": "final", "code": {"text": "x"}}
+    bad = {"resourceType": "Observation", "id": "b", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": "x"}}
+    assert validation_problem(good, cache) is None
+    problem = validation_problem(bad, cache)
+    assert problem is not None and "valueQuantity" in problem
+    assert validation_problem(bad, cache) == problem
+    changed = dict(bad, valueQuantity={"value": 1})
+    assert validation_problem(changed, cache) is None  # different content, validated afresh
+    assert len(cache._entries) == 2  # bounded
