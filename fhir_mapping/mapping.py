@@ -255,8 +255,6 @@ class FindingsBuilder:
         try:
             if not isinstance(resource_id, str) or not resource_id:
                 raise MalformedResourceError("resource has no id")
-            if kind != "Patient" and not self._same_patient(resource):
-                raise MalformedResourceError("subject is another patient")
             handler(resource, reference)
         except MalformedResourceError as problem:
             self._skip(reference, str(problem))
@@ -322,15 +320,19 @@ class FindingsBuilder:
         self.skipped += 1
         self.issues.append(DataIssue(reference, f"skipped: {reason}"))
 
-    def _same_patient(self, resource: dict[str, Any]) -> bool:
-        """Reject resources about another patient (an over-broad prefetch must not leak in)."""
+    def _check_patient(self, resource: dict[str, Any]) -> None:
+        """Reject a resource about another patient (an over-broad prefetch must not leak in).
+        Called by each handler once a resource is known to matter, not for every resource."""
         if self.patient_id is None:
-            return True
+            return
         subject = resource.get("subject") or resource.get("patient")
         reference = _dict(subject).get("reference")
-        if not isinstance(reference, str) or not reference.startswith("Patient/"):
-            return True
-        return reference.split("/", 2)[1] == self.patient_id
+        if (
+            isinstance(reference, str)
+            and reference.startswith("Patient/")
+            and reference.split("/", 2)[1] != self.patient_id
+        ):
+            raise MalformedResourceError("subject is another patient")
 
     def _status(self, resource: dict[str, Any]) -> str:
         status = resource.get("status")
@@ -365,6 +367,7 @@ class FindingsBuilder:
                     component_matches.append((component, found))
         if not matches and not component_matches:
             return
+        self._check_patient(resource)
         status = self._status(resource)
         if status not in OBSERVATION_COUNTS:
             self._skip(reference, f"status '{status}' does not count")
@@ -387,20 +390,27 @@ class FindingsBuilder:
 
     def _lab_matches(self, concept: Any) -> list[tuple[Analyte, Coding]]:
         """Analytes a code maps to. Most Observations of a chart are not ones the rules read, so
-        the usual case (canonical system, no match) is a single dictionary look-up per coding."""
+        the usual case (canonical system, no match) costs one dictionary look-up per coding and
+        builds nothing."""
+        codings = concept.get("coding") if isinstance(concept, dict) else None
+        if not isinstance(codings, list):
+            return []
         found: list[tuple[Analyte, Coding]] = []
         codes = self.terminology.codes
-        for coding in _codings(concept):
-            system, code = coding[0], coding[1]
-            if not code:
+        for coding in codings:
+            if not isinstance(coding, dict):
+                continue
+            system, code = coding.get("system"), coding.get("code")
+            if not isinstance(code, str) or not code:
                 continue
             if system in KNOWN_SYSTEMS and system != ICD10CM and code == code.strip():
-                matches = codes.get((system, code), ())
+                matches: Iterable[Any] = codes.get((system, code), ())
             else:
-                matches = self.terminology.match_code(system, code)
+                matches = self.terminology.match_code(system if isinstance(system, str) else None, code)
             for finding in matches:
                 if isinstance(finding, Analyte) and all(finding is not f for f, _ in found):
-                    found.append((finding, coding))
+                    display = coding.get("display")
+                    found.append((finding, (system, code, display if isinstance(display, str) else None)))
         return found
 
     def _observation_date(self, resource: dict[str, Any]) -> tuple[datetime | None, bool]:
@@ -528,6 +538,7 @@ class FindingsBuilder:
         label = _label(concept)
         if not found:
             return
+        self._check_patient(resource)
         verification = self._status_code(resource.get("verificationStatus"))
         if verification in CONDITION_SKIP:
             self._skip(reference, f"verification status '{verification}'")
@@ -613,6 +624,7 @@ class FindingsBuilder:
         label = _label(concept)
         if not found:
             return
+        self._check_patient(resource)
         status = self._status(resource)
         if status in MEDICATION_SKIP:
             self._skip(reference, f"status '{status}'")
@@ -699,6 +711,7 @@ class FindingsBuilder:
         label = _label(concept)
         if not found:
             return
+        self._check_patient(resource)
         status = self._status(resource)
         if status in PROCEDURE_SKIP:
             self._skip(reference, f"status '{status}'")
