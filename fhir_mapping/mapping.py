@@ -63,6 +63,7 @@ _INTERPRETATION = {
 _DATE = re.compile(
     r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
+_PLAUSIBLE_YEARS = (1800, 2200)
 _NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(-?\d+(?:\.\d+)?)\s*$")
 _MASS_PER_DAY = {"ug": 1.0, "mcg": 1.0, "µg": 1.0, "μg": 1.0, "mg": 1000.0, "ng": 0.001}
 _PERIOD_DAYS = {"h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.4, "a": 365.25}
@@ -111,11 +112,13 @@ def parse_datetime(value: Any) -> datetime | None:
     # rejects what FHIR does not allow.
     if len(value) >= 19 and value[10] == "T" and value[4] == "-":
         try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
+            moment: datetime | None = datetime.fromisoformat(value)
+            if moment is not None:
+                moment = moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        except (ValueError, OverflowError):
             moment = None
         if moment is not None:
-            return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+            return moment if _PLAUSIBLE_YEARS[0] <= moment.year <= _PLAUSIBLE_YEARS[1] else None
     match = _DATE.match(value.strip())
     if not match:
         return None
@@ -128,8 +131,13 @@ def parse_datetime(value: Any) -> datetime | None:
         return None
     if zone and zone != "Z":
         sign = 1 if zone[0] == "+" else -1
-        moment -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    return moment
+        try:
+            moment -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+        except OverflowError:
+            return None
+    # Valid FHIR, but not a date in a patient's record: "0001-01-01" placeholders and the like
+    # would otherwise push look-back arithmetic out of the calendar.
+    return moment if _PLAUSIBLE_YEARS[0] <= moment.year <= _PLAUSIBLE_YEARS[1] else None
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -205,7 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             verified = await authenticate(request)
             if service_id != SERVICE_ID:
-                raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
+                raise ApiError(404, "not-found", "no such CDS service")
             hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes))
             hook_instance = str(hook_request.hook_instance)
             if hook_request.fhir_server is not None and not authenticator.fhir_server_allowed(
@@ -262,7 +262,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def receive_feedback(service_id: str, request: Request) -> Response:
         await authenticate(request)
         if service_id != SERVICE_ID:
-            raise ApiError(404, "not-found", f"no CDS service '{service_id[:64]}'")
+            raise ApiError(404, "not-found", "no such CDS service")
         body = validate(Feedback, await read_json(request, settings.max_body_bytes))
         new = await run_in_threadpool(feedback.add, service_id, body.feedback)
         log.info("feedback service=%s items=%d new=%d", service_id, len(body.feedback), new)
@@ -289,7 +289,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"status": "ready" if ready else "not-ready", "checks": checks}, status_code=200 if ready else 503
         )
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus text format; no patient data in any label."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

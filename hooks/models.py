@@ -86,9 +86,9 @@ class HookRequest(SpecModel):
     @classmethod
     def _prefetch_values(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
-            for key, item in value.items():
+            for item in value.values():
                 if item is not None and not isinstance(item, dict):
-                    raise ValueError(f"prefetch '{key}' must be a FHIR resource or null")
+                    raise ValueError("every prefetch value must be a FHIR resource or null")
         return value
 
     @model_validator(mode="after")

@@ -244,6 +244,19 @@ class PrefetchResolver:
         tasks = {key: asyncio.create_task(job()) for key, job in jobs.items()}
         required = {spec.key for spec in self.keys if spec.required}
         try:
+            await self._wait(tasks, data, client)
+        finally:
+            # Whatever happened (an unexpected error included), no fetch outlives the request.
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        self._collect(tasks, required, data, client)
+
+    async def _wait(
+        self, tasks: dict[str, asyncio.Task[list[dict[str, Any]]]], data: ResolvedData, client: FhirClient
+    ) -> None:
+        """Wait for the fetches under the deadline; stop early when there is no calcinosis."""
+        try:
             async with asyncio.timeout(max(0.0, client.deadline - time.monotonic())):
                 if "conditions" in tasks:
                     await asyncio.wait([tasks["conditions"]])
@@ -262,6 +275,15 @@ class PrefetchResolver:
             for task in tasks.values():
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    def _collect(
+        self,
+        tasks: dict[str, asyncio.Task[list[dict[str, Any]]]],
+        required: set[str],
+        data: ResolvedData,
+        client: FhirClient,
+    ) -> None:
+        """Fold the finished fetches into `data`; a required one that failed is a 412."""
         data.fhir_requests += client.requests
         for key, task in tasks.items():
             if task.cancelled():
