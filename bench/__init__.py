@@ -1,0 +1,1 @@
+"""Benchmarks of the calcinosis CDS Hooks service (see bench/README.md)."""

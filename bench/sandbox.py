@@ -1,0 +1,203 @@
+"""The no-prefetch path: the service fetching the typical chart from the local FHIR sandbox.
+
+The sandbox (deploy/fhir-sandbox) is started on 127.0.0.1 with `--port 0`, the chart is loaded as
+a transaction Bundle of PUT entries (ids kept), and the service is called in-process with no
+prefetch and `fhirServer` pointing at the sandbox, with `fhir_page_size=100` (the
+CALCINOSIS_FHIR_PAGE_SIZE setting). Its total latency is compared with each prefetch query timed
+alone through the service's own FHIR client (same `_count`, same paging), because the service
+runs the queries concurrently: ideally the total is the slowest query plus the assessment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import selectors
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from bench.app import SERVICE_PATH, build_app
+from bench.rawhttp import Bodies
+from bench.workloads import HOOK_INSTANCE_PLACEHOLDER, Chart
+from hooks.fhir_client import FhirClient
+
+REPO = Path(__file__).resolve().parents[1]
+SANDBOX_START = REPO / "deploy" / "fhir-sandbox" / "start"
+PAGE_SIZE = 100
+
+
+class SandboxUnavailableError(Exception):
+    """The sandbox did not start; the message says why (its own output, shortened)."""
+
+
+@dataclass
+class SandboxResult:
+    """Latencies in seconds."""
+
+    base: str
+    total: list[float] = field(default_factory=list)
+    singles: dict[str, list[float]] = field(default_factory=dict)
+    pages: dict[str, int] = field(default_factory=dict)
+    resources: dict[str, int] = field(default_factory=dict)
+    fhir_requests: int = 0
+    cards: int = 0
+    same_cards_as_prefetch: bool = False
+    load_seconds: float = 0.0
+
+
+class Sandbox:
+    """A running sandbox process; use as a context manager."""
+
+    def __init__(self, start_timeout: float) -> None:
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        try:
+            self.process = subprocess.Popen(
+                [str(SANDBOX_START), "--host", "127.0.0.1", "--port", "0", "--quiet"],
+                stdout=subprocess.PIPE,
+                stderr=self.errors,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as error:
+            self.errors.close()
+            raise SandboxUnavailableError(f"cannot run {SANDBOX_START}: {error}") from error
+        self.base = self._wait(start_timeout)
+
+    def _wait(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        pending = b""
+        try:
+            while time.monotonic() < deadline:
+                if not selector.select(timeout=0.2):
+                    if self.process.poll() is not None:
+                        break
+                    continue
+                chunk = os.read(self.process.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                pending += chunk
+                for line in pending.decode(errors="replace").splitlines():
+                    if line.startswith("FHIR sandbox listening on "):
+                        return line.removeprefix("FHIR sandbox listening on ").strip()
+        finally:
+            selector.close()
+        self.close()
+        raise SandboxUnavailableError(f"the FHIR sandbox did not start within {timeout:.0f} s: {self._stderr_tail()}")
+
+    def _stderr_tail(self) -> str:
+        try:
+            self.errors.seek(0)
+            text = self.errors.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return "(no output)"
+        return " | ".join(text.splitlines()[-5:])[-600:] or "(no output)"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.errors.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_chart(base: str, chart: Chart) -> float:
+    """POST the chart as a transaction Bundle; seconds taken."""
+    started = time.perf_counter()
+    response = httpx.post(
+        base,
+        content=orjson.dumps(chart.transaction()),
+        headers={"Content-Type": "application/fhir+json"},
+        timeout=120,
+    )
+    if response.status_code >= 300:
+        raise SandboxUnavailableError(f"loading the chart answered {response.status_code}: {response.text[:300]}")
+    return time.perf_counter() - started
+
+
+async def _measure(base: str, chart: Chart, runs: int, prefetch_cards: list[str]) -> SandboxResult:
+    result = SandboxResult(base=base)
+    app = build_app(fhir_page_size=PAGE_SIZE)
+    service = app.state.service
+    bodies = Bodies(chart.request_bytes(prefetch=False, fhir_server=base), HOOK_INSTANCE_PLACEHOLDER)
+    async with app.router.lifespan_context(app):
+        http: httpx.AsyncClient = app.state.http
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            headers = {"Content-Type": "application/json"}
+            for i in range(runs + 1):  # the first is a warm-up
+                body = bodies()
+                started = time.perf_counter()
+                response = await client.post(SERVICE_PATH, content=body, headers=headers)
+                took = time.perf_counter() - started
+                if response.status_code != 200:
+                    raise SandboxUnavailableError(f"service answered {response.status_code}: {response.text[:300]}")
+                cards = response.json()["cards"]
+                if i == 0:
+                    result.cards = len(cards)
+                    result.same_cards_as_prefetch = [c["summary"] for c in cards] == prefetch_cards
+                else:
+                    result.total.append(took)
+        # Each query alone, through the service's own client, with the same page size.
+        for spec in service.keys:
+            query = spec.query.replace("{{context.patientId}}", chart.patient_id)
+            timings: list[float] = []
+            for _ in range(runs + 1):
+                fhir = FhirClient(http, base, None, time.monotonic() + 30, 10.0, 50_000_000, 50)
+                started = time.perf_counter()
+                if spec.is_read:
+                    found = await fhir.read(query)
+                    pages, count = 1, int(found is not None)
+                else:
+                    search = await fhir.search(query, PAGE_SIZE)
+                    pages, count = search.pages, len(search.resources)
+                timings.append(time.perf_counter() - started)
+            result.singles[spec.key] = timings[1:]
+            result.pages[spec.key] = pages
+            result.resources[spec.key] = count
+    result.fhir_requests = sum(result.pages.values())
+    return result
+
+
+def run(chart: Chart, runs: int, start_timeout: float, prefetch_cards: list[str]) -> SandboxResult:
+    """Start the sandbox, load the chart, measure; the sandbox is always stopped."""
+    with Sandbox(start_timeout) as sandbox:
+        seconds = load_chart(sandbox.base, chart)
+        result = asyncio.run(_measure(sandbox.base, chart, runs, prefetch_cards))
+        result.load_seconds = seconds
+        return result
+
+
+def summary(result: SandboxResult) -> dict[str, Any]:
+    """Medians in ms, the slowest single query and the ratio total / slowest."""
+    singles = {k: statistics.median(v) * 1000 for k, v in result.singles.items()}
+    slowest = max(singles, key=lambda k: singles[k])
+    total = statistics.median(result.total) * 1000
+    return {
+        "total_ms": total,
+        "singles_ms": singles,
+        "slowest": slowest,
+        "slowest_ms": singles[slowest],
+        "sum_singles_ms": sum(singles.values()),
+        "ratio": total / singles[slowest],
+    }
