@@ -49,6 +49,20 @@ def _load(path: str) -> Any:
         raise UsageError(f"{path} is not valid JSON") from error
 
 
+def run_hook(service: CalcinosisService, request: HookRequest) -> dict[str, Any]:
+    """The response the service gives to `request`, fetching from its fhirServer if needed. The
+    command's user names the server, so no allowlist applies."""
+
+    async def run() -> dict[str, Any]:
+        async with httpx.AsyncClient(follow_redirects=False) as http:
+            return (await service.handle(request, http)).response.wire()
+
+    try:
+        return asyncio.run(run())
+    except (InvalidContextError, DataUnobtainableError) as error:
+        raise UsageError(str(error)) from error
+
+
 def evaluate(path: str, settings: Settings) -> dict[str, Any]:
     """The CDS Hooks response for a Bundle (any type) or a CDS Hooks request."""
     document = _load(path)
@@ -72,14 +86,7 @@ def evaluate(path: str, settings: Settings) -> dict[str, Any]:
             fields = "; ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in error.errors()[:10])
             raise UsageError(f"not a valid CDS Hooks request: {fields}") from error
 
-        async def run() -> dict[str, Any]:
-            async with httpx.AsyncClient(follow_redirects=False) as http:
-                return (await service.handle(request, http)).response.wire()
-
-        try:
-            return asyncio.run(run())
-        except (InvalidContextError, DataUnobtainableError) as error:
-            raise UsageError(str(error)) from error
+        return run_hook(service, request)
     raise UsageError("expected a FHIR Bundle (resourceType Bundle) or a CDS Hooks request (with 'hook')")
 
 
@@ -130,16 +137,7 @@ def check(fhir_server: str, patient_id: str, token: str | None, settings: Settin
         raise UsageError(
             "invalid --fhir-server or --patient: " + "; ".join(e["msg"] for e in error.errors())
         ) from error
-    service = CalcinosisService(settings)
-
-    async def run() -> dict[str, Any]:
-        async with httpx.AsyncClient(follow_redirects=False) as http:
-            return (await service.handle(request, http)).response.wire()
-
-    try:
-        return asyncio.run(run())
-    except (InvalidContextError, DataUnobtainableError) as error:
-        raise UsageError(str(error)) from error
+    return run_hook(CalcinosisService(settings), request)
 
 
 def describe_cards(response: dict[str, Any]) -> str:
