@@ -74,7 +74,7 @@ Coding = tuple[str | None, str | None, str | None]
 F = TypeVar("F", ClinicalConcept, DrugClass, ProcedureKind)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _LabCandidate:
     """A matching, countable Observation (or component) not yet read in detail."""
 
