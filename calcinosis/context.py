@@ -209,6 +209,7 @@ class PatientContext:
         for procedure in findings.procedures:
             by_kind[procedure.kind].append(procedure)
         self._procedures = by_kind
+        self.total_readings: list[CalciumReading] = []
         self.calcium = self._calcium_reading()
         self.phosphate = self._phosphate_reading()
         self.kidney = self._kidney_status()
@@ -367,6 +368,7 @@ class PatientContext:
         albumin-corrected calcium drawn after the last ionized calcium describes the patient now."""
         totals = self.labs(Analyte.CALCIUM_TOTAL, self.gate_start)
         readings = [self.reading_for_total(lab) for lab in totals if lab.value is not None]
+        self.total_readings = readings  # reused by hypercalcemia_confirmed
         # Within the window, a calcium that could be corrected for albumin classifies; an
         # uncorrected one is used only when there is nothing better (it cannot pass the gate).
         corrected = [reading for reading in readings if reading.kind == "corrected"]
@@ -386,15 +388,7 @@ class PatientContext:
             return False
         if self.calcium.kind == "ionized":
             return True
-        highs = {
-            reading.calcium.effective.date()
-            for reading in (
-                self.reading_for_total(lab)
-                for lab in self.labs(Analyte.CALCIUM_TOTAL, self.gate_start)
-                if lab.value is not None
-            )
-            if reading.status == HIGH
-        }
+        highs = {reading.calcium.effective.date() for reading in self.total_readings if reading.status == HIGH}
         return len(highs) >= 2
 
     def _phosphate_reading(self) -> PhosphateReading | None:

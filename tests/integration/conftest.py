@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_START = REPO / "deploy" / "fhir-sandbox" / "start"
 START_TIMEOUT = 240.0  # the first start installs the npm packages
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    """Terminate a child process, killing it if it does not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def _free_port() -> int:
@@ -59,11 +69,7 @@ def fhir_sandbox() -> Iterator[str]:
     try:
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
         errors.close()
 
 
@@ -104,8 +110,4 @@ def service_url() -> Iterator[str]:
     try:
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
