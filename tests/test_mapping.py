@@ -275,7 +275,13 @@ def test_validation_outcomes_are_cached_by_content() -> None:
 
     cache = ValidationCache(max_entries=2)
     good = {"resourceType": "Observation", "id": "a", "status": "final", "code": {"text": "x"}}
-    bad = {"resourceType": "Observation", "id": "b", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": "x"}}
+    bad = {
+        "resourceType": "Observation",
+        "id": "b",
+        "status": "final",
+        "code": {"text": "x"},
+        "valueQuantity": {"value": "x"},
+    }
     assert validation_problem(good, cache) is None
     problem = validation_problem(bad, cache)
     assert problem is not None and "valueQuantity" in problem
