@@ -18,7 +18,7 @@ Status rules (which records count):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -38,7 +38,7 @@ from calcinosis.findings import (
     Sex,
     SourceRef,
 )
-from fhir_mapping.terminology import ICD10CM, KNOWN_SYSTEMS, Terminology, normalise_system
+from fhir_mapping.terminology import Finding, Terminology, normalise_system
 from fhir_mapping.units import normalise
 
 OBSERVATION_COUNTS = frozenset({"final", "amended", "corrected"})
@@ -163,14 +163,6 @@ def _codings(concept: Any) -> list[tuple[str | None, str | None, str | None]]:
     return codings
 
 
-def _texts(concept: Any) -> list[str]:
-    texts = [d for _, _, d in _codings(concept) if d]
-    text = _dict(concept).get("text")
-    if isinstance(text, str):
-        texts.append(text)
-    return texts
-
-
 def _label(concept: Any) -> str | None:
     text = _dict(concept).get("text")
     if isinstance(text, str) and text.strip():
@@ -188,10 +180,17 @@ def _period_point(period: Any, prefer_end: bool = True) -> datetime | None:
 
 
 def _number(value: Any) -> float | None:
+    """A finite number as float; None for anything else, an integer too large for a float
+    included (JSON allows it, and `fhir_mapping.wire` keeps it as int)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value) if value == value and abs(value) != float("inf") else None
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            return None
     return None
 
 
@@ -231,6 +230,18 @@ class FindingsBuilder:
         self.skipped = 0
         self.has_medication_data = False
         self.has_procedure_data = False
+        self._handlers: dict[str, Callable[[dict[str, Any], str], None]] = {
+            kind: getattr(self, name) for kind, name in _HANDLERS.items()
+        }
+        # A chart names the same concepts over and over (a decade of "Hemodialysis" procedures,
+        # the same drug on every refill): the value-set look-ups of one request are remembered
+        # for that request only, so no patient text outlives it.
+        self._text_findings: dict[tuple[str, str], list[Finding]] = {}
+        self._code_findings: dict[tuple[str | None, str | None], list[Finding]] = {}
+        self._analytes_by_code: dict[tuple[str | None, str], tuple[Analyte, ...]] = {}
+        # The draws of a panel share one timestamp, and every resource names the same subject.
+        self._moments: dict[str, datetime | None] = {}
+        self._own_subjects: set[str] = set()
 
     # ----- entry point ---------------------------------------------------------------------
 
@@ -254,15 +265,15 @@ class FindingsBuilder:
             self._skip("(unnamed resource)", "not a FHIR resource object")
             return
         kind = resource["resourceType"]
-        handler_name = _HANDLERS.get(kind)
-        if handler_name is None:
+        handler = self._handlers.get(kind)
+        if handler is None:
             return
-        handler = getattr(self, handler_name)
         resource_id = resource.get("id")
-        reference = f"{kind}/{resource_id}" if isinstance(resource_id, str) and resource_id else f"{kind}/(no id)"
+        if not isinstance(resource_id, str) or not resource_id:
+            self._skip(f"{kind}/(no id)", "resource has no id")
+            return
+        reference = f"{kind}/{resource_id}"
         try:
-            if not isinstance(resource_id, str) or not resource_id:
-                raise MalformedResourceError("resource has no id")
             handler(resource, reference)
         except MalformedResourceError as problem:
             self._skip(reference, str(problem))
@@ -334,13 +345,12 @@ class FindingsBuilder:
         if self.patient_id is None:
             return
         subject = resource.get("subject") or resource.get("patient")
-        reference = _dict(subject).get("reference")
-        if (
-            isinstance(reference, str)
-            and reference.startswith("Patient/")
-            and reference.split("/", 2)[1] != self.patient_id
-        ):
+        reference = subject.get("reference") if isinstance(subject, dict) else None
+        if not isinstance(reference, str) or reference in self._own_subjects:
+            return
+        if reference.startswith("Patient/") and reference.split("/", 2)[1] != self.patient_id:
             raise MalformedResourceError("subject is another patient")
+        self._own_subjects.add(reference)
 
     def _status(self, resource: dict[str, Any]) -> str:
         status = resource.get("status")
@@ -368,11 +378,13 @@ class FindingsBuilder:
     def _observation(self, resource: dict[str, Any], reference: str) -> None:
         matches = self._lab_matches(resource.get("code"))
         component_matches = []
-        for component in _list(resource.get("component")):
-            if isinstance(component, dict):
-                found = self._lab_matches(component.get("code"))
-                if found:
-                    component_matches.append((component, found))
+        components = resource.get("component")
+        if components:
+            for component in _list(components):
+                if isinstance(component, dict):
+                    found = self._lab_matches(component.get("code"))
+                    if found:
+                        component_matches.append((component, found))
         if not matches and not component_matches:
             return
         self._check_patient(resource)
@@ -397,36 +409,42 @@ class FindingsBuilder:
                 )
 
     def _lab_matches(self, concept: Any) -> list[tuple[Analyte, Coding]]:
-        """Analytes a code maps to. Most Observations of a chart are not ones the rules read, so
-        the usual case (canonical system, no match) costs one dictionary look-up per coding and
-        builds nothing."""
+        """Analytes a code maps to. Called for every Observation of a chart (thousands in a decade
+        of dialysis labs), so each distinct code is looked up once per request and the usual case
+        costs a dictionary look-up per coding."""
         codings = concept.get("coding") if isinstance(concept, dict) else None
         if not isinstance(codings, list):
             return []
         found: list[tuple[Analyte, Coding]] = []
-        codes = self.terminology.codes
+        known = self._analytes_by_code
         for coding in codings:
             if not isinstance(coding, dict):
                 continue
             system, code = coding.get("system"), coding.get("code")
             if not isinstance(code, str) or not code:
                 continue
-            if system in KNOWN_SYSTEMS and system != ICD10CM and code == code.strip():
-                matches: Iterable[Any] = codes.get((system, code), ())
-            else:
-                matches = self.terminology.match_code(system if isinstance(system, str) else None, code)
-            for finding in matches:
-                if isinstance(finding, Analyte) and all(finding is not f for f, _ in found):
+            key = (system if isinstance(system, str) else None, code)
+            analytes = known.get(key)
+            if analytes is None:
+                analytes = known[key] = tuple(
+                    finding for finding in self.terminology.match_code(*key) if isinstance(finding, Analyte)
+                )
+            for analyte in analytes:
+                if not found or all(analyte is not f for f, _ in found):
                     display = coding.get("display")
-                    found.append((finding, (system, code, display if isinstance(display, str) else None)))
+                    found.append((analyte, (system, code, display if isinstance(display, str) else None)))
         return found
 
     def _observation_date(self, resource: dict[str, Any]) -> tuple[datetime | None, bool]:
-        moment = (
-            parse_datetime(resource.get("effectiveDateTime"))
-            or _period_point(resource.get("effectivePeriod"))
-            or parse_datetime(resource.get("effectiveInstant"))
-        )
+        effective = resource.get("effectiveDateTime")
+        if isinstance(effective, str):
+            if effective in self._moments:
+                moment = self._moments[effective]
+            else:
+                moment = self._moments[effective] = parse_datetime(effective)
+            if moment is not None:
+                return moment, False
+        moment = _period_point(resource.get("effectivePeriod")) or parse_datetime(resource.get("effectiveInstant"))
         if moment is not None:
             return moment, False
         issued = parse_datetime(resource.get("issued"))
@@ -581,14 +599,27 @@ class FindingsBuilder:
         """Findings of one type a CodeableConcept maps to: by code first, then by the value sets'
         phrases on its text and displays (for concepts without confirmed codes)."""
         found: list[tuple[F, Coding]] = []
-        for coding in _codings(concept):
-            for finding in self.terminology.match_code(coding[0], coding[1]):
+        codings = _codings(concept)
+        for coding in codings:
+            key = (coding[0], coding[1])
+            by_code = self._code_findings.get(key)
+            if by_code is None:
+                by_code = self._code_findings[key] = self.terminology.match_code(coding[0], coding[1])
+            for finding in by_code:
                 if isinstance(finding, finding_type) and all(finding is not f for f, _ in found):
                     found.append((finding, coding))
-        label = _label(concept)
-        for text in _texts(concept):
-            for finding in self.terminology.match_text(kind, text):
+        label: str | None = None
+        texts = [display for _, _, display in codings if display]
+        text = _dict(concept).get("text")
+        if isinstance(text, str):
+            texts.append(text)
+        for text in texts:
+            by_text = self._text_findings.get((kind, text))
+            if by_text is None:
+                by_text = self._text_findings[(kind, text)] = self.terminology.match_text(kind, text)
+            for finding in by_text:
                 if isinstance(finding, finding_type) and all(finding is not f for f, _ in found):
+                    label = label or _label(concept)
                     found.append((finding, (None, None, label)))
         return found
 
