@@ -1,6 +1,7 @@
 """The FastAPI application: discovery, the service call, feedback, and error answers.
 
-Request bodies are decoded with orjson and validated against the spec models by hand rather than by
+Request bodies are decoded with orjson (the service call's prefetch with msgspec, restricted to the
+elements the service reads: `hooks.wire`) and validated against the spec models by hand rather than by
 FastAPI's body parameters, for two reasons: FastAPI's default 422 answer echoes the input back (here
 that would be patient data), and the spec wants 400 with an OperationOutcome. Every error answer
 is an OperationOutcome naming fields only; nothing from the request body is echoed or logged.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ from hooks.security import INSECURE_WARNING, Authenticator, AuthError
 from hooks.service import HOOK, SERVICE_ID, SPEC_VERSION, CalcinosisService, InvalidContextError
 from hooks.settings import Settings
 from hooks.stores import open_feedback_store
+from hooks.wire import decode_hook_request
 
 log = logging.getLogger("calcinosis_cds")
 M = TypeVar("M", bound=BaseModel)
@@ -71,21 +73,24 @@ def _field_errors(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON, or an ApiError (415 wrong type, 413 too large, 400 not JSON)."""
+async def read_json(request: Request, max_bytes: int, decode: Callable[[bytes], Any] = orjson.loads) -> Any:
+    """The request body as JSON, or an ApiError (415 wrong type, 413 too large, 400 not JSON).
+    `decode` is `orjson.loads` or a decoder that raises as it does (`hooks.wire`)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "application/fhir+json") and not content_type.endswith("+json"):
         raise ApiError(415, "not-supported", "Content-Type must be application/json")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, "too-costly", "request body is too large")
-    body = bytearray()
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > max_bytes:
+        size += len(chunk)
+        if size > max_bytes:
             raise ApiError(413, "too-costly", "request body is too large")
+        chunks.append(chunk)
     try:
-        return orjson.loads(body)
+        return decode(chunks[0] if len(chunks) == 1 else b"".join(chunks))
     except orjson.JSONDecodeError as error:
         raise ApiError(400, "invalid", "request body is not valid JSON") from error
 
@@ -206,7 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             verified = await authenticate(request)
             if service_id != SERVICE_ID:
                 raise ApiError(404, "not-found", "no such CDS service")
-            hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes))
+            hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes, decode_hook_request))
             hook_instance = str(hook_request.hook_instance)
             if hook_request.fhir_server is not None and not authenticator.fhir_server_allowed(
                 verified, hook_request.fhir_server

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from fhir_mapping.wire import decode_resource
 from hooks.metrics import FHIR_FETCHES, FHIR_LATENCY
 
 FHIR_JSON = "application/fhir+json, application/json;q=0.9"
@@ -131,7 +132,7 @@ class FhirClient:
         except httpx.HTTPError as error:
             raise FhirFetchError(f"FHIR server unreachable ({type(error).__name__})") from error
         try:
-            body = orjson.loads(b"".join(chunks))
+            body = decode_resource(b"".join(chunks))
         except orjson.JSONDecodeError as error:
             raise FhirFetchError("FHIR server answered with invalid JSON") from error
         if not isinstance(body, dict):
