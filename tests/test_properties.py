@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from calcinosis.derived import calcium_phosphate_product, ckd_category, corrected_calcium, is_above, is_below
 from calcinosis.findings import CANONICAL_UNITS, Analyte
 from fhir_mapping.units import FACTORS, normalise
+from hooks.cards import md
 
 values = st.floats(min_value=0.001, max_value=10_000, allow_nan=False, allow_infinity=False)
 comparators = st.sampled_from([None, "<", "<=", ">", ">="])
@@ -70,3 +72,17 @@ def test_censored_comparisons_never_contradict_the_truth(value: float, comparato
         assert above is False
     if comparator in (">", ">=") and value >= limit:
         assert below is False
+
+
+def _reference_md(text: str) -> str:
+    """The markdown escaping as first written (one replace at a time), kept as the reference for
+    the single-pass translation in `hooks.cards.md`."""
+    value = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    value = re.sub(r"[*_\[\]]", lambda m: "\\" + m.group(0), value)
+    return " ".join(value.split())
+
+
+@given(st.text(alphabet=st.sampled_from("ab \t\n\\|`&<>*_[]#µ;") | st.characters(), max_size=60))
+def test_markdown_escaping_matches_the_step_by_step_reference(text: str) -> None:
+    assert md(text) == _reference_md(text)
