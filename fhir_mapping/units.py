@@ -11,7 +11,7 @@ Spellings are matched after folding case and the micro sign, because EHRs send "
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from calcinosis.findings import CANONICAL_UNITS, Analyte
 
@@ -69,17 +69,35 @@ FACTORS: dict[Analyte, tuple[tuple[tuple[str, ...], float], ...]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Normalised:
-    """A value in the canonical unit, or the reason it could not be converted."""
+class Normalised(NamedTuple):
+    """A value in the canonical unit, or the reason it could not be converted.
+
+    A named tuple rather than a frozen dataclass: three are made for every lab result read (the
+    value and the two reference limits), and a tuple is several times cheaper to build."""
 
     value: float | None
     unit: str | None
     reason: str | None = None
 
 
+def _factor_index() -> dict[Analyte, dict[str, float]]:
+    """FACTORS as one look-up per analyte: folded spelling -> factor (the first listed wins)."""
+    index: dict[Analyte, dict[str, float]] = {}
+    for analyte, table in FACTORS.items():
+        by_spelling = index.setdefault(analyte, {})
+        for spellings, factor in table:
+            for spelling in spellings:
+                by_spelling.setdefault(spelling, factor)
+    return index
+
+
+_FACTOR_INDEX = _factor_index()
+
+
 def fold_unit(unit: str) -> str:
     """Case- and micro-sign-insensitive spelling used for look-up."""
+    if unit.isascii():
+        return unit.strip().lower()
     return unit.strip().replace("µ", "u").replace("μ", "u").lower()
 
 
@@ -91,14 +109,13 @@ def normalise(analyte: Analyte, value: float, units: list[str]) -> Normalised:
     value and unit as reported: the rules only ask whether such a test was done.
     """
     canonical = CANONICAL_UNITS.get(analyte)
-    table = FACTORS.get(analyte)
-    if canonical is None or table is None:
+    factors = _FACTOR_INDEX.get(analyte)
+    if canonical is None or factors is None:
         return Normalised(value, units[0] if units else None)
     if not units:
         return Normalised(None, None, "no unit given")
     for unit in units:
-        folded = fold_unit(unit)
-        for spellings, factor in table:
-            if folded in spellings:
-                return Normalised(value * factor, canonical)
+        factor = factors.get(fold_unit(unit))
+        if factor is not None:
+            return Normalised(value * factor, canonical)
     return Normalised(None, None, f"unit '{units[0]}' is not understood for {analyte.value}")
