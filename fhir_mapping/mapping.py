@@ -376,37 +376,46 @@ class FindingsBuilder:
     # ----- Observation ---------------------------------------------------------------------
 
     def _observation(self, resource: dict[str, Any], reference: str) -> None:
+        # The hottest path of a request (every Observation of a chart): the usual case, a
+        # countable result with an effectiveDateTime, takes no further method call.
         matches = self._lab_matches(resource.get("code"))
-        component_matches = []
         components = resource.get("component")
-        if components:
-            for component in _list(components):
-                if isinstance(component, dict):
-                    found = self._lab_matches(component.get("code"))
-                    if found:
-                        component_matches.append((component, found))
+        component_matches = self._component_matches(components) if components else []
         if not matches and not component_matches:
             return
         self._check_patient(resource)
-        status = self._status(resource)
-        if status not in OBSERVATION_COUNTS:
-            self._skip(reference, f"status '{status}' does not count")
+        status = resource.get("status")
+        if not isinstance(status, str) or status not in OBSERVATION_COUNTS:
+            self._skip(reference, f"status '{self._status(resource)}' does not count")
             return
-        effective, from_issued = self._observation_date(resource)
+        effective_text = resource.get("effectiveDateTime")
+        effective = self._moments.get(effective_text) if isinstance(effective_text, str) else None
+        from_issued = False
         if effective is None:
-            raise MalformedResourceError("no effective date or issued time")
+            effective, from_issued = self._observation_date(resource)
+            if effective is None:
+                raise MalformedResourceError("no effective date or issued time")
         # Only remembered here; values, units and ranges are read in `build` for the results
         # the rules can use (see `lab_retention_days`), which for a decade of dialysis labs is
         # a small fraction of them.
+        candidates = self._lab_candidates
         for analyte, coding in matches:
-            self._lab_candidates.append(
-                _LabCandidate(effective, analyte, coding, resource, resource, reference, from_issued)
-            )
+            candidates.append(_LabCandidate(effective, analyte, coding, resource, resource, reference, from_issued))
         for component, found in component_matches:
             for analyte, coding in found:
-                self._lab_candidates.append(
+                candidates.append(
                     _LabCandidate(effective, analyte, coding, component, resource, reference, from_issued)
                 )
+
+    def _component_matches(self, components: Any) -> list[tuple[dict[str, Any], list[tuple[Analyte, Coding]]]]:
+        """The components (of a panel Observation) whose codes map to analytes."""
+        found = []
+        for component in _list(components):
+            if isinstance(component, dict):
+                analytes = self._lab_matches(component.get("code"))
+                if analytes:
+                    found.append((component, analytes))
+        return found
 
     def _lab_matches(self, concept: Any) -> list[tuple[Analyte, Coding]]:
         """Analytes a code maps to. Called for every Observation of a chart (thousands in a decade
@@ -539,9 +548,11 @@ class FindingsBuilder:
         for entry in _list(element.get("referenceRange")):
             if not isinstance(entry, dict):
                 continue
-            kind = [code for _, code, _ in _codings(entry.get("type"))]
-            if kind and "normal" not in kind:
-                continue
+            range_type = entry.get("type")
+            if range_type is not None:
+                kind = [code for _, code, _ in _codings(range_type)]
+                if kind and "normal" not in kind:
+                    continue
             bounds: list[float | None] = []
             for key in ("low", "high"):
                 quantity = _dict(entry.get(key))
@@ -772,11 +783,13 @@ def bundle_resources(bundle: Any) -> Iterator[Any]:
     """The resources of a Bundle's entries (any Bundle type); nested Bundles are flattened and
     OperationOutcome entries (search warnings) are dropped."""
     for entry in _list(_dict(bundle).get("entry")):
-        resource = _dict(entry).get("resource")
-        if isinstance(resource, dict) and resource.get("resourceType") == "Bundle":
-            yield from bundle_resources(resource)
-        elif isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
-            continue
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            kind = resource.get("resourceType")
+            if kind == "Bundle":
+                yield from bundle_resources(resource)
+            elif kind != "OperationOutcome":
+                yield resource
         elif resource is not None:
             yield resource
         else:
