@@ -39,6 +39,8 @@ SYSTEM_ALIASES = {
     "urn:oid:2.16.840.1.113883.6.88": RXNORM,
 }
 KNOWN_SYSTEMS = {LOINC, SNOMED, ICD10CM, RXNORM}
+_WORD = re.compile(r"[a-z0-9]+")
+"""A word as the phrase matching sees one: the phrases match between non-alphanumerics."""
 
 EXT_KIND = "urn:calcinosis-cds:extension:finding-kind"
 EXT_TEXT = "urn:calcinosis-cds:extension:text-pattern"
@@ -96,7 +98,9 @@ class Terminology:
     provenance: dict[tuple[str, str, str], CodeEntry] = field(default_factory=dict)
     icd_prefixes: list[tuple[str, Finding]] = field(default_factory=list)
     phrases: dict[str, list[tuple[str, Finding]]] = field(default_factory=lambda: defaultdict(list))
-    _matchers: dict[str, tuple[re.Pattern[str], dict[str, list[Finding]]]] = field(default_factory=dict)
+    _matchers: dict[str, tuple[re.Pattern[str], dict[str, list[Finding]], frozenset[str] | None]] = field(
+        default_factory=dict
+    )
     exclusions: dict[Finding, list[re.Pattern[str]]] = field(default_factory=lambda: defaultdict(list))
     value_sets: dict[str, Finding] = field(default_factory=dict)
     skipped_unconfirmed: int = 0
@@ -114,9 +118,14 @@ class Terminology:
                     found.append(finding)
         return found
 
-    def _matcher(self, kind: str) -> tuple[re.Pattern[str], dict[str, list[Finding]]]:
+    def _matcher(self, kind: str) -> tuple[re.Pattern[str], dict[str, list[Finding]], frozenset[str] | None]:
         """One regular expression for all phrases of a kind (longest first), found at every
-        position through a lookahead; built once. One pass over a text instead of one per phrase."""
+        position through a lookahead; built once. One pass over a text instead of one per phrase.
+
+        Also the first word of every phrase: a phrase can only match where the text has a word
+        equal to the phrase's first word (the match starts and ends at word boundaries), so a text
+        with none of them is answered without running the expression. None when a phrase does
+        not start with a letter or digit (then every text is searched)."""
         if kind not in self._matchers:
             by_phrase: dict[str, list[Finding]] = defaultdict(list)
             for phrase, finding in self.phrases.get(kind, ()):
@@ -124,13 +133,17 @@ class Terminology:
                     by_phrase[phrase].append(finding)
             alternatives = "|".join(re.escape(p) for p in sorted(by_phrase, key=len, reverse=True)) or "(?!)"
             pattern = re.compile(rf"(?=(?<![a-z0-9])({alternatives})(?![a-z0-9]))")
-            self._matchers[kind] = (pattern, dict(by_phrase))
+            first_words = [_WORD.match(phrase) for phrase in by_phrase]
+            screen = frozenset(word.group(0) for word in first_words if word is not None) if all(first_words) else None
+            self._matchers[kind] = (pattern, dict(by_phrase), screen)
         return self._matchers[kind]
 
     def match_text(self, kind: str, text: str) -> list[Finding]:
         """Findings of a kind whose phrases occur (as whole words) in `text`."""
         folded = text.lower()
-        pattern, by_phrase = self._matcher(kind)
+        pattern, by_phrase, first_words = self._matcher(kind)
+        if first_words is not None and first_words.isdisjoint(_WORD.findall(folded)):
+            return []
         found: list[Finding] = []
         for match in pattern.finditer(folded):
             for finding in by_phrase[match.group(1)]:

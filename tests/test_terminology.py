@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calcinosis.findings import Analyte, ClinicalConcept, DrugClass
 from fhir_mapping import load_terminology
@@ -86,3 +89,43 @@ def test_local_file_naming_an_unknown_set_fails_clearly(tmp_path: Path) -> None:
     path.write_text(json.dumps({"resourceType": "ValueSet", "id": "no-such-set", "compose": {"include": []}}))
     with pytest.raises(TerminologyError, match="must name a packaged set"):
         load_terminology(path)
+
+
+_TERMINOLOGY = load_terminology()
+_PHRASES = sorted({phrase for entries in _TERMINOLOGY.phrases.values() for phrase, _ in entries})
+
+
+def _match_text_without_screen(kind: str, text: str) -> list[Any]:
+    """`Terminology.match_text` as it was before the first-word screen: the expression alone."""
+    folded = text.lower()
+    pattern, by_phrase, _ = _TERMINOLOGY._matcher(kind)
+    found: list[Any] = []
+    for match in pattern.finditer(folded):
+        for finding in by_phrase[match.group(1)]:
+            if finding not in found and not any(x.search(folded) for x in _TERMINOLOGY.exclusions.get(finding, ())):
+                found.append(finding)
+    return found
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(
+    st.sampled_from(sorted(_TERMINOLOGY.phrases)),
+    st.lists(
+        st.sampled_from(_PHRASES) | st.sampled_from(["non", "x", "(disorder)", "1", "é", "Ca"]) | st.text(max_size=6),
+        max_size=5,
+    ),
+    st.lists(st.sampled_from(["", " ", "-", "/", "(", ")", ",", "2", "a", "É"]), min_size=6, max_size=6),
+)
+def test_the_first_word_screen_changes_no_match(kind: str, parts: list[str], separators: list[str]) -> None:
+    text = "".join(
+        sep + part.upper() if i % 2 else sep + part
+        for i, (sep, part) in enumerate(zip(separators, parts, strict=False))
+    )
+    assert _TERMINOLOGY.match_text(kind, text) == _match_text_without_screen(kind, text)
+
+
+def test_the_screen_answers_texts_without_a_first_word_at_once() -> None:
+    _, _, first_words = _TERMINOLOGY._matcher("condition")
+    assert first_words is not None and "calcinosis" in first_words
+    assert _TERMINOLOGY.match_text("condition", "Essential hypertension (disorder)") == []
+    assert ClinicalConcept.CALCINOSIS_CUTIS in _TERMINOLOGY.match_text("condition", "Calcinosis cutis of hand")
