@@ -223,7 +223,8 @@ class FindingsBuilder:
         self.procedures: list[ProcedureFinding] = []
         self.issues: list[DataIssue] = []
         self.index: dict[str, dict[str, Any]] = {}
-        self.medication_resources: dict[str, dict[str, Any]] = {}
+        self._all: list[Any] = []
+        self._medications_indexed: dict[str, dict[str, Any]] | None = None
         self.sex = Sex.UNKNOWN
         self.birth_date: date | None = None
         self.seen = 0
@@ -246,17 +247,25 @@ class FindingsBuilder:
     # ----- entry point ---------------------------------------------------------------------
 
     def add_all(self, resources: Iterable[Any]) -> None:
-        """Map every resource; Medication resources are indexed first so references resolve."""
-        items = [r for r in resources]
-        for resource in items:
-            if (
-                isinstance(resource, dict)
-                and resource.get("resourceType") == "Medication"
-                and isinstance(resource.get("id"), str)
-            ):
-                self.medication_resources[f"Medication/{resource['id']}"] = resource
-        for resource in items:
+        """Map every resource. Medication resources are indexed, on the first reference to one,
+        from all of `resources`, so a reference resolves wherever the Medication stands."""
+        self._all = list(resources)
+        for resource in self._all:
             self.add(resource)
+
+    def _medication_index(self) -> dict[str, dict[str, Any]]:
+        """`Medication/id` -> Medication among the resources of `add_all` (built once, when an
+        order first names a Medication by reference: most charts code the drug in the order)."""
+        if self._medications_indexed is None:
+            self._medications_indexed = {}
+            for resource in self._all:
+                if (
+                    isinstance(resource, dict)
+                    and resource.get("resourceType") == "Medication"
+                    and isinstance(resource.get("id"), str)
+                ):
+                    self._medications_indexed[f"Medication/{resource['id']}"] = resource
+        return self._medications_indexed
 
     def add(self, resource: Any) -> None:
         """Map one resource, skipping and counting it if it is malformed."""
@@ -657,7 +666,7 @@ class FindingsBuilder:
                 ):
                     return contained.get("code")
             raise MalformedResourceError("contained Medication not found")
-        medication = self.medication_resources.get(
+        medication = self._medication_index().get(
             reference if reference.startswith("Medication/") else f"Medication/{reference.rsplit('/', 1)[-1]}"
         )
         if medication is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,18 +108,16 @@ def _bundle_is_outcome_only(value: dict[str, Any]) -> bool:
     return bool(entries) and all(isinstance(e, dict) and _is_outcome(e.get("resource")) for e in entries)
 
 
-def _of_type(resources: list[Any], resource_type: str) -> list[dict[str, Any]]:
-    """Keep only the resource type the key asked for (an over-broad prefetch is not trusted)."""
+def _of_type(resources: Iterable[Any], resource_type: str) -> list[dict[str, Any]]:
+    """Keep only the resource type the key asked for (an over-broad prefetch is not trusted), and
+    for medication keys the Medications the orders reference (`_include`)."""
+    also = "Medication" if resource_type.startswith("Medication") else resource_type
     kept: list[dict[str, Any]] = []
     for resource in resources:
-        if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
-            kept.append(resource)
-        elif (
-            resource_type.startswith("Medication")
-            and isinstance(resource, dict)
-            and resource.get("resourceType") == "Medication"
-        ):
-            kept.append(resource)  # Medications referenced by the orders (_include)
+        if isinstance(resource, dict):
+            kind = resource.get("resourceType")  # may be any JSON value, a list included
+            if kind in (resource_type, also):  # a tuple: equality, no hashing
+                kept.append(resource)
     return kept
 
 
@@ -212,7 +210,7 @@ class PrefetchResolver:
             for link in value.get("link", []) or []:
                 if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
                     next_url = link["url"]
-            return _of_type(list(bundle_resources(value)), spec.resource_type), next_url
+            return _of_type(bundle_resources(value), spec.resource_type), next_url
         return _of_type([value], spec.resource_type), None
 
     def _continue_paging(self, client: FhirClient, bundle: dict[str, Any], spec: PrefetchKey) -> Job:

@@ -193,7 +193,9 @@ def test_over_broad_prefetch_is_filtered(app: Any) -> None:
         "subject": {"reference": f"Patient/{chart.patient_id}"},
         "code": {"coding": [{"system": ICD10, "code": "E21.0"}]},
     }
-    prefetch["observations"]["entry"] += [{"resource": other}, {"resource": smuggled}]
+    # And entries whose resourceType is not even a string (filtered by comparison, never hashed).
+    odd = [{"resource": {"resourceType": ["Observation"], "id": "odd-1"}}, {"resource": {"resourceType": {}}}]
+    prefetch["observations"]["entry"] += [{"resource": other}, {"resource": smuggled}, *odd]
     cards = cards_of(post(app, "/cds-services/calcinosis", hook_request(chart, prefetch=prefetch)))
     likelihoods = {
         s["subtype"]: s["likelihood"] for s in cards[0]["extension"]["org.calcinosis-cds.assessment"]["subtypes"]
