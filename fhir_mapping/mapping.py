@@ -231,9 +231,6 @@ class FindingsBuilder:
         self.skipped = 0
         self.has_medication_data = False
         self.has_procedure_data = False
-        self._handlers: dict[str, Callable[[dict[str, Any], str], None]] = {
-            kind: getattr(self, name) for kind, name in _HANDLERS.items()
-        }
         # A chart names the same concepts over and over (a decade of "Hemodialysis" procedures,
         # the same drug on every refill): the value-set look-ups of one request are remembered
         # for that request only, so no patient text outlives it.
@@ -274,7 +271,7 @@ class FindingsBuilder:
             self._skip("(unnamed resource)", "not a FHIR resource object")
             return
         kind = resource["resourceType"]
-        handler = self._handlers.get(kind)
+        handler = _HANDLER_FUNCTIONS.get(kind)
         if handler is None:
             return
         resource_id = resource.get("id")
@@ -283,7 +280,7 @@ class FindingsBuilder:
             return
         reference = f"{kind}/{resource_id}"
         try:
-            handler(resource, reference)
+            handler(self, resource, reference)
         except MalformedResourceError as problem:
             self._skip(reference, str(problem))
 
@@ -786,6 +783,13 @@ class FindingsBuilder:
                     kind, self._source("Procedure", resource["id"], system, code, display or label), start, end, status
                 )
             )
+
+
+_HANDLER_FUNCTIONS: dict[str, Callable[[FindingsBuilder, dict[str, Any], str], None]] = {
+    kind: getattr(FindingsBuilder, name) for kind, name in _HANDLERS.items()
+}
+"""The handlers as plain functions, looked up once: bound methods kept on the builder would make
+it a reference cycle, and then a request's whole chart would wait for the cyclic collector."""
 
 
 def bundle_resources(bundle: Any) -> Iterator[Any]:
