@@ -47,7 +47,8 @@ def default_terminology() -> Terminology:
 #: The elements the mapping reads, per resource type, plus what R4 requires of each type. Only
 #: these are validated: a defect elsewhere in a resource (a malformed `meta` or `encounter`) does
 #: not change what the service concluded from it, and validating whole resources would cost more
-#: than the rest of the request.
+#: than the rest of the request. They are also all that is decoded of a resource in a request or
+#: a FHIR answer (`fhir_mapping.wire`), so an element read here must be listed here.
 USED_ELEMENTS: dict[str, tuple[str, ...]] = {
     "Observation": (
         "status", "code", "subject", "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued",
