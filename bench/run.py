@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import math
 import os
 import platform
@@ -333,7 +334,17 @@ def machine() -> dict[str, str]:
         "versions": versions,
         "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "wrk": shutil.which("wrk") or "not installed (Python raw-socket client used)",
+        "server": _uvicorn_stack(),
     }
+
+
+def _uvicorn_stack() -> str:
+    """The HTTP parser and event loop uvicorn picks by itself ("auto"): httptools and uvloop
+    when installed (requirements/runtime.txt pins them), else h11 and asyncio."""
+    return " and ".join(
+        f"{module} {metadata.version(module)}" if importlib.util.find_spec(module) else fallback
+        for module, fallback in (("httptools", "h11"), ("uvloop", "asyncio"))
+    )
 
 
 def _fmt(value: float, digits: int = 1) -> str:
@@ -362,7 +373,7 @@ def report(
         f"{elapsed:.0f} s. "
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['python']}, {info['os']}; "
         f"load average {info['load']} before, {load_after} after (shared machine: compare ratios within one run). "
-        f"{info['versions']}; uvicorn with h11 and asyncio (no uvloop/httptools), one worker; wrk: {info['wrk']}.",
+        f"{info['versions']}; uvicorn with {info['server']}, one worker; wrk: {info['wrk']}.",
         "",
         "Workloads (patient-view, EHR-style prefetch, calcinosis documented):",
         "",
