@@ -240,6 +240,7 @@ class FindingsBuilder:
         # The draws of a panel share one timestamp, and every resource names the same subject.
         self._moments: dict[str, datetime | None] = {}
         self._own_subjects: set[str] = set()
+        self._conversions: dict[tuple[Any, ...], tuple[float | None, str | None, str | None]] = {}
 
     # ----- entry point ---------------------------------------------------------------------
 
@@ -524,13 +525,12 @@ class FindingsBuilder:
         normalised_value: float | None = None
         unit: str | None = None
         if value is not None and reason is None:
-            normalised = normalise(analyte, value, units)
-            normalised_value, unit, reason = normalised.value, normalised.unit, normalised.reason
+            normalised_value, unit, reason = self._convert(analyte, value, units)
         elif value is not None and reason is not None and not units:
-            normalised = normalise(analyte, value, [])
-            if normalised.reason is None and normalised.value is not None:
+            converted, bare_unit, refused = self._convert(analyte, value, units)
+            if refused is None and converted is not None:
                 # Analytes with no canonical unit (titres, assay units) accept a bare number.
-                normalised_value, unit, reason = normalised.value, normalised.unit, None
+                normalised_value, unit, reason = converted, bare_unit, None
         low, high = self._reference_range(analyte, element) if normalised_value is not None else (None, None)
         if reason is not None:
             self.issues.append(DataIssue(reference, f"{analyte.value} not usable: {reason}"))
@@ -559,19 +559,34 @@ class FindingsBuilder:
                 kind = [code for _, code, _ in _codings(range_type)]
                 if kind and "normal" not in kind:
                     continue
-            bounds: list[float | None] = []
-            for key in ("low", "high"):
-                quantity = _dict(entry.get(key))
-                number = _number(quantity.get("value"))
-                if number is None:
-                    bounds.append(None)
-                    continue
-                units = [u for u in (quantity.get("code"), quantity.get("unit")) if isinstance(u, str) and u.strip()]
-                converted = normalise(analyte, number, units)
-                bounds.append(converted.value if converted.reason is None else None)
-            if bounds[0] is not None or bounds[1] is not None:
-                return bounds[0], bounds[1]
+            low, high = self._limit(analyte, entry.get("low")), self._limit(analyte, entry.get("high"))
+            if low is not None or high is not None:
+                return low, high
         return None, None
+
+    def _limit(self, analyte: Analyte, quantity: Any) -> float | None:
+        """One end of a reference range in the analyte's canonical unit, or None."""
+        if not isinstance(quantity, dict):
+            return None
+        number = _number(quantity.get("value"))
+        if number is None:
+            return None
+        units = [u for u in (quantity.get("code"), quantity.get("unit")) if isinstance(u, str) and u.strip()]
+        converted, _, reason = self._convert(analyte, number, units)
+        return converted if reason is None else None
+
+    def _convert(self, analyte: Analyte, value: float, units: list[str]) -> tuple[float | None, str | None, str | None]:
+        """`units.normalise`, with each (analyte, spellings) looked up once per request: a chart
+        writes its few units on every result and on both ends of every reference range. The
+        factor is remembered as the conversion of 1.0, and `value * factor` is what `normalise`
+        computes (exactly `value` where the factor is 1)."""
+        key = (analyte, *units)
+        known = self._conversions.get(key)
+        if known is None:
+            unit_of_one = normalise(analyte, 1.0, units)
+            known = self._conversions[key] = (unit_of_one.value, unit_of_one.unit, unit_of_one.reason)
+        factor, unit, reason = known
+        return (value * factor if factor is not None else None), unit, reason
 
     # ----- Condition -----------------------------------------------------------------------
 
