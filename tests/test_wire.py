@@ -237,3 +237,16 @@ def test_a_number_beyond_a_float_in_an_unread_element_is_skipped() -> None:
 def test_integers_beyond_64_bits_are_numbers_of_the_same_value(value: int) -> None:
     decoded = decode_resource(b'{"resourceType": "Observation", "valueInteger": %d}' % value)
     assert decoded["valueInteger"] == value
+
+
+def test_a_repeated_member_keeps_its_last_value_as_orjson_does() -> None:
+    body = b'{"resourceType": "Observation", "status": "preliminary", "status": "final", "code": {"text": "a", "text": "b"}}'
+    assert (
+        decode_resource(body)
+        == orjson.loads(body)
+        == {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "b"},
+        }
+    )
