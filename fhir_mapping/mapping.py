@@ -88,15 +88,6 @@ class _LabCandidate:
 
 
 DEFAULT_LAB_RETENTION_DAYS = 730
-_HANDLERS = {
-    "Observation": "_observation",
-    "Condition": "_condition",
-    "Procedure": "_procedure",
-    "Patient": "_patient",
-    "MedicationRequest": "_medication",
-    "MedicationStatement": "_medication",
-    "MedicationAdministration": "_medication",
-}
 
 
 class MalformedResourceError(ValueError):
@@ -801,10 +792,17 @@ class FindingsBuilder:
 
 
 _HANDLER_FUNCTIONS: dict[str, Callable[[FindingsBuilder, dict[str, Any], str], None]] = {
-    kind: getattr(FindingsBuilder, name) for kind, name in _HANDLERS.items()
+    "Observation": FindingsBuilder._observation,
+    "Condition": FindingsBuilder._condition,
+    "Procedure": FindingsBuilder._procedure,
+    "Patient": FindingsBuilder._patient,
+    "MedicationRequest": FindingsBuilder._medication,
+    "MedicationStatement": FindingsBuilder._medication,
+    "MedicationAdministration": FindingsBuilder._medication,
 }
-"""The handlers as plain functions, looked up once: bound methods kept on the builder would make
-it a reference cycle, and then a request's whole chart would wait for the cyclic collector."""
+"""The handler of each resource type the mapping reads, as plain functions: bound methods kept on
+the builder would make it a reference cycle, and a request's whole chart would then wait for the
+cyclic collector instead of being freed when the request ends."""
 
 
 def bundle_resources(bundle: Any) -> Iterator[Any]:
