@@ -147,37 +147,118 @@ def _validate(model: Any, resource: dict[str, Any]) -> str | None:
 
 def warm_up_validation() -> None:
     """Build the FHIR model validators once at start-up: the first validation of each resource
-    type otherwise costs a first request a hundred milliseconds or more."""
+    type, and of each element type inside it (fhir.resources imports and builds those models on
+    first use), otherwise costs a first request a hundred milliseconds or more."""
+    for sample in warm_up_samples():
+        validation_problem(sample, cache=None)
+
+
+def warm_up_samples() -> list[dict[str, Any]]:
+    """Valid resources using the elements the service validates (`USED_ELEMENTS`), each in the
+    shapes EHRs send."""
+    concept = {"coding": [{"system": "http://loinc.org", "code": "w", "display": "w"}], "text": "w"}
+    subject = {"reference": "Patient/w"}
+    quantity = {"value": 1.0, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"}
+    period = {"start": "2026-01-01", "end": "2026-01-02"}
+    dosage = {
+        "text": "w",
+        "route": concept,
+        "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d", "boundsPeriod": period}},
+        "doseAndRate": [{"doseQuantity": quantity}],
+    }
+    medication = {"medicationCodeableConcept": concept, "subject": subject}
     samples: list[dict[str, Any]] = [
-        {"resourceType": "Observation", "id": "w", "status": "final", "code": {"text": "w"}},
-        {"resourceType": "Condition", "id": "w", "subject": {"reference": "Patient/w"}},
+        {
+            "resourceType": "Observation",
+            "id": "w",
+            "status": "final",
+            "code": concept,
+            "subject": subject,
+            "effectiveDateTime": "2026-01-01T00:00:00Z",
+            "issued": "2026-01-01T00:00:00Z",
+            "valueQuantity": quantity,
+            "interpretation": [concept],
+            "referenceRange": [{"low": quantity, "high": quantity, "type": concept}],
+            "component": [{"code": concept, "valueQuantity": quantity, "dataAbsentReason": concept}],
+        },
+        {"resourceType": "Observation", "id": "w", "status": "final", "code": concept, "valueString": "w"},
+        {"resourceType": "Observation", "id": "w", "status": "final", "code": concept, "valueCodeableConcept": concept},
+        {"resourceType": "Observation", "id": "w", "status": "final", "code": concept, "effectivePeriod": period},
+        {
+            "resourceType": "Observation",
+            "id": "w",
+            "status": "final",
+            "code": concept,
+            "effectiveInstant": "2026-01-01T00:00:00Z",
+            "valueInteger": 1,
+        },
+        {"resourceType": "Observation", "id": "w", "status": "final", "code": concept, "dataAbsentReason": concept},
+        {
+            "resourceType": "Condition",
+            "id": "w",
+            "subject": subject,
+            "code": concept,
+            "clinicalStatus": concept,
+            "verificationStatus": concept,
+            "onsetDateTime": "2026-01-01",
+            "abatementDateTime": "2026-01-02",
+            "recordedDate": "2026-01-01",
+            "bodySite": [concept],
+        },
+        {"resourceType": "Condition", "id": "w", "subject": subject, "onsetPeriod": period, "abatementPeriod": period},
         {
             "resourceType": "MedicationRequest",
             "id": "w",
             "status": "active",
             "intent": "order",
-            "subject": {"reference": "Patient/w"},
-            "medicationCodeableConcept": {"text": "w"},
+            **medication,
+            "authoredOn": "2026-01-01",
+            "dosageInstruction": [dosage],
+            "dispenseRequest": {"validityPeriod": period},
+        },
+        {
+            "resourceType": "MedicationRequest",
+            "id": "w",
+            "status": "active",
+            "intent": "order",
+            "subject": subject,
+            "medicationReference": {"reference": "#m"},
+            "contained": [{"resourceType": "Medication", "id": "m", "code": concept}],
         },
         {
             "resourceType": "MedicationStatement",
             "id": "w",
             "status": "active",
-            "subject": {"reference": "Patient/w"},
-            "medicationCodeableConcept": {"text": "w"},
+            **medication,
+            "effectiveDateTime": "2026-01-01",
+            "dateAsserted": "2026-01-01",
+            "dosage": [dosage],
         },
         {
             "resourceType": "MedicationAdministration",
             "id": "w",
             "status": "completed",
-            "subject": {"reference": "Patient/w"},
-            "medicationCodeableConcept": {"text": "w"},
-            "effectiveDateTime": "2026-01-01",
+            **medication,
+            "effectivePeriod": period,
+            "dosage": {"route": concept, "dose": quantity},
         },
-        {"resourceType": "Procedure", "id": "w", "status": "completed", "subject": {"reference": "Patient/w"}},
+        {
+            "resourceType": "Procedure",
+            "id": "w",
+            "status": "completed",
+            "subject": subject,
+            "code": concept,
+            "performedPeriod": period,
+        },
+        {
+            "resourceType": "Procedure",
+            "id": "w",
+            "status": "completed",
+            "subject": subject,
+            "performedDateTime": "2026",
+        },
     ]
-    for sample in samples:
-        validation_problem(sample)
+    return samples
 
 
 def _without(findings: PatientFindings, invalid: dict[str, str]) -> PatientFindings:

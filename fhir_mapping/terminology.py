@@ -298,4 +298,6 @@ def load_terminology(local_path: str | Path | None = None, include_unconfirmed: 
         for value_set, where in _local_value_sets(path):
             _add_value_set(terminology, value_set, where, include_unconfirmed, local=True)
     terminology.icd_prefixes.sort(key=lambda item: -len(item[0]))
+    for kind in KINDS:
+        terminology._matcher(kind)  # compiled here, not on a clinician's first request
     return terminology

@@ -354,6 +354,24 @@ def service_request(gap: WorkupGap, patient_id: str) -> dict[str, Any]:
     return resource
 
 
+def warm_up_orders() -> None:
+    """Build the ServiceRequest validator at start-up, with the elements `service_request` fills:
+    fhir.resources builds the nested models on first use, which would otherwise fall on the first
+    request that suggests a workup."""
+    concept = {"coding": [{"system": "http://loinc.org", "code": "w", "display": "w"}], "text": "w"}
+    ServiceRequest.model_validate(
+        {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "proposal",
+            "code": concept,
+            "subject": {"reference": "Patient/w"},
+            "reasonCode": [{"text": "w"}],
+            "note": [{"text": "w"}],
+        }
+    )
+
+
 def workup_summary(gaps: tuple[WorkupGap, ...]) -> str:
     """E.g. 'Calcinosis workup: 4 items not on file (PTH, phosphate, ...)'."""
     names = ", ".join(g.label for g in gaps)

@@ -17,7 +17,7 @@ import httpx
 from calcinosis.knowledge_base import KnowledgeBase, default_knowledge
 from fhir_mapping.pipeline import assess_resources, documents_calcinosis, warm_up_validation
 from fhir_mapping.terminology import Terminology, load_terminology
-from hooks.cards import render_cards
+from hooks.cards import render_cards, warm_up_orders
 from hooks.models import HookRequest, HookResponse, PatientViewContext, ServiceDescription
 from hooks.prefetch import PrefetchResolver, ResolvedData, prefetch_keys
 from hooks.settings import Settings
@@ -51,6 +51,7 @@ class CalcinosisService:
         self.terminology = terminology or load_terminology(settings.local_valuesets, settings.include_unconfirmed_codes)
         self.keys = prefetch_keys(self.terminology)
         warm_up_validation()
+        warm_up_orders()
 
     def describe(self) -> ServiceDescription:
         """The discovery entry."""
