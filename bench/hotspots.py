@@ -3,6 +3,7 @@
     .venv/bin/python bench/hotspots.py                    # heavy workload, 10 profiled requests
     .venv/bin/python bench/hotspots.py --workload typical --requests 30 --top 25
     .venv/bin/python bench/hotspots.py --gc freeze        # same, after gc.freeze() at start-up
+    .venv/bin/py-spy record -o heavy.svg -- .venv/bin/python bench/hotspots.py --loop 20   # sampled
 
 Stages are timed without the profiler (medians over the requests), by calling the same functions
 the route calls, in order: JSON decode, request validation, prefetch resolution, mapping, the
@@ -20,6 +21,7 @@ import asyncio
 import cProfile
 import gc
 import io
+import math
 import pstats
 import statistics
 import sys
@@ -128,12 +130,14 @@ class _GcClock:
         gc.callbacks.remove(self)
 
 
-async def _requests(app: Any, make: Bodies, count: int) -> list[float]:
-    latencies = []
+async def _requests(app: Any, make: Bodies, count: int | None, seconds: float = math.inf) -> list[float]:
+    """Latencies of `count` whole requests (or as many as `seconds` allow)."""
+    latencies: list[float] = []
+    stop_at = time.monotonic() + seconds
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=120) as client:
-            for _ in range(count):
+            while (count is None or len(latencies) < count) and time.monotonic() < stop_at:
                 body = make()
                 started = time.perf_counter()
                 response = await client.post(SERVICE_PATH, content=body, headers={"Content-Type": "application/json"})
@@ -150,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15, help="rows per profile listing")
     parser.add_argument("--gc", choices=("default", "freeze", "threshold", "off"), default="default")
     parser.add_argument("--output", help="also write the raw profile (pstats format) here")
+    parser.add_argument(
+        "--loop",
+        type=float,
+        metavar="SECONDS",
+        help="only send whole requests for this long, unprofiled, for a sampling profiler attached from outside",
+    )
     args = parser.parse_args(argv)
 
     chart = charts()[args.workload]
@@ -165,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.gc == "off":
         gc.disable()
     print(f"workload {args.workload}: {len(chart.resources)} resources, request {make.size / 1e6:.2f} MB; gc {args.gc}")
+    if args.loop is not None:
+        looped = asyncio.run(_requests(app, make, None, args.loop))
+        print(f"{len(looped)} requests in {args.loop:.0f} s, median {statistics.median(looped) * 1000:.1f} ms")
+        return 0
 
     stages = _stages(app, make, max(3, args.requests))
     print("\nStage medians (ms, no profiler):")
