@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -123,9 +124,10 @@ class Terminology:
         position through a lookahead; built once. One pass over a text instead of one per phrase.
 
         Also the first word of every phrase: a phrase can only match where the text has a word
-        equal to the phrase's first word (the match starts and ends at word boundaries), so a text
-        with none of them is answered without running the expression. None when a phrase does
-        not start with a letter or digit (then every text is searched)."""
+        equal to the phrase's first word (the match starts and ends at word boundaries), so the
+        expression is tried at those words only, and a text with none of them is answered
+        without running it. None when a phrase does not start with a letter or digit (then the
+        expression is tried at every position)."""
         if kind not in self._matchers:
             by_phrase: dict[str, list[Finding]] = defaultdict(list)
             for phrase, finding in self.phrases.get(kind, ()):
@@ -142,10 +144,14 @@ class Terminology:
         """Findings of a kind whose phrases occur (as whole words) in `text`."""
         folded = text.lower()
         pattern, by_phrase, first_words = self._matcher(kind)
-        if first_words is not None and first_words.isdisjoint(_WORD.findall(folded)):
-            return []
+        if first_words is None:
+            matches: Iterator[re.Match[str] | None] = pattern.finditer(folded)
+        else:  # the expression is tried only where a word starts that begins some phrase
+            matches = (pattern.match(folded, w.start()) for w in _WORD.finditer(folded) if w.group() in first_words)
         found: list[Finding] = []
-        for match in pattern.finditer(folded):
+        for match in matches:
+            if match is None:
+                continue
             for finding in by_phrase[match.group(1)]:
                 if finding not in found and not any(x.search(folded) for x in self.exclusions.get(finding, ())):
                     found.append(finding)
