@@ -72,8 +72,8 @@ FACTORS: dict[Analyte, tuple[tuple[tuple[str, ...], float], ...]] = {
 class Normalised(NamedTuple):
     """A value in the canonical unit, or the reason it could not be converted.
 
-    A named tuple rather than a frozen dataclass: three are made for every lab result read (the
-    value and the two reference limits), and a tuple is several times cheaper to build."""
+    A named tuple rather than a frozen dataclass: a tuple is several times cheaper to build, and
+    the same immutable value with field names."""
 
     value: float | None
     unit: str | None
