@@ -374,17 +374,18 @@ class FindingsBuilder:
     # ----- Observation ---------------------------------------------------------------------
 
     def _observation(self, resource: dict[str, Any], reference: str) -> None:
-        # The hottest path of a request (every Observation of a chart): the usual case, a
-        # countable result with an effectiveDateTime, takes no further method call.
+        # The hottest path of a request (every Observation of a chart): in the usual case, a
+        # countable result whose effectiveDateTime was seen before (the draws of a panel share
+        # one), the date is a dictionary look-up and no candidate is read in detail here.
         matches = self._lab_matches(resource.get("code"))
         components = resource.get("component")
         component_matches = self._component_matches(components) if components else []
         if not matches and not component_matches:
             return
         self._check_patient(resource)
-        status = resource.get("status")
-        if not isinstance(status, str) or status not in OBSERVATION_COUNTS:
-            self._skip(reference, f"status '{self._status(resource)}' does not count")
+        status = self._status(resource)
+        if status not in OBSERVATION_COUNTS:
+            self._skip(reference, f"status '{status}' does not count")
             return
         effective_text = resource.get("effectiveDateTime")
         effective = self._moments.get(effective_text) if isinstance(effective_text, str) else None

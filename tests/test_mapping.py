@@ -11,7 +11,7 @@ import pytest
 
 from calcinosis.findings import Analyte, DrugClass, Interpretation, LabResult
 from fhir_mapping import assess_resources, bundle_resources, map_resources, parse_datetime
-from fhir_mapping.pipeline import default_terminology
+from fhir_mapping.pipeline import USED_ELEMENTS, default_terminology, validation_problem, warm_up_samples
 from tests.charts import AS_OF, LOINC, RXNORM, UCUM, Chart, when
 
 
@@ -289,3 +289,16 @@ def test_validation_outcomes_are_cached_by_content() -> None:
     changed = dict(bad, valueQuantity={"value": 1})
     assert validation_problem(changed, cache) is None  # different content, validated afresh
     assert len(cache._entries) == 2  # bounded
+
+
+def test_the_start_up_samples_are_valid_so_they_build_every_validator_they_name() -> None:
+    """A sample that failed validation early would leave nested validators unbuilt, and the first
+    request would pay for them again."""
+    samples = warm_up_samples()
+    assert all(validation_problem(sample, cache=None) is None for sample in samples)
+    # Each element name is one FHIR data type wherever it stands, and the nested models are shared
+    # between resource types: every name validated anywhere is in some sample.
+    used = {element for sample in samples for element in sample}
+    wanted = {element for elements in USED_ELEMENTS.values() for element in elements}
+    assert wanted <= used, sorted(wanted - used)
+    assert {sample["resourceType"] for sample in samples} == set(USED_ELEMENTS)

@@ -16,13 +16,7 @@ import pytest
 from bench.workloads import charts as bench_charts
 from calcinosis.knowledge_base import default_knowledge
 from fhir_mapping import bundle_resources
-from fhir_mapping.pipeline import (
-    USED_ELEMENTS,
-    assess_resources,
-    default_terminology,
-    validation_problem,
-    warm_up_samples,
-)
+from fhir_mapping.pipeline import assess_resources, default_terminology
 from hooks.cards import render_cards
 from hooks.wire import decode_hook_request
 
@@ -53,16 +47,3 @@ def test_assessing_a_chart_leaves_no_cyclic_garbage(name: str, collector_off: No
     render_cards(result.assessment, default_knowledge(), uuid.uuid4(), patient_id)
     del result, resources, request
     assert gc.collect() == 0
-
-
-def test_the_start_up_samples_are_valid_so_they_build_every_validator_they_name() -> None:
-    """A sample that failed validation early would leave nested validators unbuilt, and the first
-    request would pay for them again."""
-    samples = warm_up_samples()
-    assert all(validation_problem(sample, cache=None) is None for sample in samples)
-    # Each element name is one FHIR data type wherever it stands, and the nested models are shared
-    # between resource types: every name validated anywhere is in some sample.
-    used = {element for sample in samples for element in sample}
-    wanted = {element for elements in USED_ELEMENTS.values() for element in elements}
-    assert wanted <= used, sorted(wanted - used)
-    assert {sample["resourceType"] for sample in samples} == set(USED_ELEMENTS)
