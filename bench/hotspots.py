@@ -45,6 +45,7 @@ from fhir_mapping.mapping import map_resources  # noqa: E402
 from fhir_mapping.pipeline import validation_problem  # noqa: E402
 from hooks.cards import render_cards  # noqa: E402
 from hooks.models import HookRequest, HookResponse  # noqa: E402
+from hooks.outbound import OutboundPolicy  # noqa: E402
 from hooks.prefetch import PrefetchResolver  # noqa: E402
 from hooks.wire import decode_hook_request  # noqa: E402
 
@@ -78,7 +79,9 @@ def _stages(app: Any, make: Bodies, requests: int) -> dict[str, float]:
         request = HookRequest.model_validate(data)
         watch.stop()
         context = service.context(request)
-        resolver = PrefetchResolver(service.keys, service.settings, None, service.documents_calcinosis)
+        resolver = PrefetchResolver(
+            service.keys, service.settings, None, service.documents_calcinosis, OutboundPolicy.deny_all()
+        )
         watch.start("3 prefetch resolution")
         resolved = loop.run_until_complete(resolver.resolve(request, context.patient_id))
         watch.stop()

@@ -28,6 +28,7 @@ from bench.app import SERVICE_PATH, build_app
 from bench.rawhttp import Bodies
 from bench.workloads import HOOK_INSTANCE_PLACEHOLDER, Chart
 from hooks.fhir_client import FhirClient
+from hooks.outbound import OutboundPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 SANDBOX_START = REPO / "deploy" / "fhir-sandbox" / "start"
@@ -159,11 +160,13 @@ async def _measure(base: str, chart: Chart, runs: int, prefetch_cards: list[str]
                 else:
                     result.total.append(took)
         # Each query alone, through the service's own client, with the same page size.
+        scope = OutboundPolicy.only(base).scope(base)
+        assert scope is not None
         for spec in service.keys:
             query = spec.query.replace("{{context.patientId}}", chart.patient_id)
             timings: list[float] = []
             for _ in range(runs + 1):
-                fhir = FhirClient(http, base, None, time.monotonic() + 30, 10.0, 50_000_000, 50)
+                fhir = FhirClient(http, scope, None, time.monotonic() + 30, 10.0, 50_000_000, 50)
                 started = time.perf_counter()
                 if spec.is_read:
                     found = await fhir.read(query)

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hooks.audit import audit_hook_call
 from hooks.auth import VerifiedToken
+from hooks.logs import protect_logs
 from hooks.metrics import AUTH_FAILURES, CARDS, LATENCY, REGISTRY, REQUESTS
 from hooks.models import Discovery, Feedback, HookRequest, operation_outcome
 from hooks.prefetch import DataUnobtainableError
@@ -123,6 +124,7 @@ def _body_schema(model: type[BaseModel], app: FastAPI) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; the knowledge base and value sets load (and are checked) here."""
     settings = settings or Settings()
+    protect_logs()
     service = CalcinosisService(settings)
     feedback = open_feedback_store(settings.feedback_database_url)
     authenticator = Authenticator(settings)
@@ -217,9 +219,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise ApiError(404, "not-found", "no such CDS service")
             hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes, decode_hook_request))
             hook_instance = str(hook_request.hook_instance)
-            if hook_request.fhir_server is not None and not authenticator.fhir_server_allowed(
-                verified, hook_request.fhir_server
-            ):
+            policy = authenticator.outbound_policy(verified)
+            if hook_request.fhir_server is not None and not policy.allows(hook_request.fhir_server):
                 log.warning(
                     "untrusted fhirServer hookInstance=%s host=%s issuer=%s",
                     hook_instance,
@@ -232,7 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 outcome = await service.handle(
                     hook_request,
                     request.app.state.http,
-                    server_allowed=lambda url: authenticator.fhir_server_allowed(verified, url),
+                    policy,
                 )
             except InvalidContextError as error:
                 raise ApiError(400, "invalid", str(error)) from error

@@ -30,13 +30,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
 import jwt.types
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.utils import base64url_decode
+
+from hooks.outbound import OutboundPolicy, fetchable_jku, jku_to_fetch, parse_base
 
 log = logging.getLogger("calcinosis_cds.auth")
 
@@ -143,15 +145,19 @@ class TrustedClient:
         if not isinstance(self.allow_http_fhir, bool):
             raise AuthConfigError("'allow_http_fhir' must be true or false")
         for url in self.fhir_servers:
-            parsed = _parse_url(url) if isinstance(url, str) else None
+            parsed = parse_base(url) if isinstance(url, str) else None
             if parsed is None:
                 raise AuthConfigError(
                     f"'fhir_servers' entry {url!r:.120} is not an http(s) URL without user info, query or fragment"
                 )
-            if parsed[0] != "https" and not self.allow_http_fhir:
+            if parsed.url.scheme != "https" and not self.allow_http_fhir:
                 raise AuthConfigError(
                     f"'fhir_servers' entry {url!r:.120} is not https (set 'allow_http_fhir' for local testing only)"
                 )
+
+    def outbound_policy(self) -> OutboundPolicy:
+        """The FHIR servers a request from this client may make the service call."""
+        return OutboundPolicy(self.fhir_servers, allow_http=self.allow_http_fhir)
 
 
 def _jku_acceptable(url: str) -> bool:
@@ -545,11 +551,12 @@ class JwksFetcher:
         return fresh
 
     async def _fetch(self, jku: str) -> list[dict[str, Any]]:
-        if not jku.lower().startswith("https://"):
-            raise _FetchError("jku is not https")
+        url = fetchable_jku(jku)
+        if url is None:
+            raise _FetchError("jku is not an https URL")
         try:
             async with asyncio.timeout(self.timeout):
-                body = await self._download(jku)
+                body = await self._download(url)
         except (TimeoutError, httpx.TimeoutException):
             raise _FetchError("timed out") from None
         except httpx.HTTPError as error:
@@ -696,9 +703,10 @@ class JwtVerifier:
         try:
             if alg not in client.algorithms:
                 raise AuthError("alg-not-allowed")
-            if jku is not None and jku not in client.jku:
+            fetch_url = None if jku is None else jku_to_fetch(client.jku, jku)
+            if jku is not None and fetch_url is None:
                 raise AuthError("jku-not-allowed")
-            key = await self._key(entry, jku, kid, alg)
+            key = await self._key(entry, fetch_url, kid, alg)
             if not _key_matches_algorithm(key, alg):
                 raise AuthError("key-mismatch")
             try:
@@ -784,69 +792,9 @@ def bearer_token(authorization: str | None) -> str:
 # --- SSRF guard ----------------------------------------------------------------------------------
 
 
-def _parse_url(url: str) -> tuple[str, str, str] | None:
-    """(scheme, host[:port], path) of an http(s) URL, normalised (lower-case scheme and host,
-    default port dropped); None when the URL has anything a FHIR base must not have: user info,
-    a query or fragment, spaces or control characters, backslashes, dot segments or encoded
-    slashes (which could walk a prefix match out of its folder), or an invalid port."""
-    if not url or len(url) > 2048 or any(c.isspace() or ord(c) < 0x20 or c in "\\\x7f" for c in url):
-        return None
-    if "?" in url or "#" in url:
-        return None
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in ("https", "http") or "@" in parts.netloc:
-        return None
-    host = parts.hostname
-    if not host:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if port is None or port == (443 if scheme == "https" else 80) else f"{host}:{port}"
-    path = parts.path or "/"
-    if not path.startswith("/"):
-        return None
-    lowered = path.lower()
-    if "%2f" in lowered or "%5c" in lowered:
-        return None
-    if any(segment in (".", "..") for segment in unquote(path).split("/")):
-        return None
-    return scheme, netloc, path
-
-
-def fhir_server_in(allowlist: Sequence[str], allow_http: bool, url: str) -> bool:
-    """Whether `url` is one of `allowlist` exactly (a trailing slash does not matter) or under an
-    entry that ends with '/'; https only unless `allow_http`. Pure: no DNS, no I/O."""
-    if not isinstance(url, str):
-        return False
-    target = _parse_url(url)
-    if target is None:
-        return False
-    scheme, netloc, path = target
-    if scheme != "https" and not allow_http:
-        return False
-    for entry in allowlist:
-        allowed = _parse_url(entry)
-        if allowed is None or (allowed[0], allowed[1]) != (scheme, netloc):
-            continue
-        if entry.endswith("/"):
-            if (path.rstrip("/") + "/").startswith(allowed[2]):
-                return True
-        elif path.rstrip("/") == allowed[2].rstrip("/"):
-            return True
-    return False
-
-
 def fhir_server_allowed(client: TrustedClient | None, url: str) -> bool:
     """Whether the service may call `url` (a request's `fhirServer`) with the request's bearer
     token: it must be one of the verified client's `fhir_servers`, exactly (a trailing slash does
-    not matter) or under an entry that ends with '/'. https only, unless the client allows http
-    for local testing. Without a client, nothing is allowed (when authentication is off for local
-    use, the app checks its own configured allowlist with `fhir_server_in`). Pure: no I/O."""
-    if client is None:
-        return False
-    return fhir_server_in(client.fhir_servers, client.allow_http_fhir, url)
+    not matter) or under an entry that ends with '/', compared by `hooks.outbound`. Without a
+    client, nothing is allowed. Pure: no I/O."""
+    return client is not None and client.outbound_policy().allows(url)

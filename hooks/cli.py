@@ -26,7 +26,9 @@ import orjson
 from pydantic import ValidationError
 
 from fhir_mapping.mapping import bundle_resources
+from hooks.logs import protect_logs
 from hooks.models import HookRequest
+from hooks.outbound import OutboundPolicy
 from hooks.prefetch import DataUnobtainableError
 from hooks.sandbox_data import ANCHOR, ScenarioError, bundle_anchor, load_scenarios, shift_dates
 from hooks.service import CalcinosisService, InvalidContextError
@@ -51,11 +53,13 @@ def _load(path: str) -> Any:
 
 def run_hook(service: CalcinosisService, request: HookRequest) -> dict[str, Any]:
     """The response the service gives to `request`, fetching from its fhirServer if needed. The
-    command's user names the server, so no allowlist applies."""
+    command's user names the server (`--fhir-server`, or the request file's `fhirServer`), so the
+    outbound policy is exactly that server: every read, search and next link must stay under it."""
+    policy = OutboundPolicy.deny_all() if request.fhir_server is None else OutboundPolicy.only(request.fhir_server)
 
     async def run() -> dict[str, Any]:
         async with httpx.AsyncClient(follow_redirects=False) as http:
-            return (await service.handle(request, http)).response.wire()
+            return (await service.handle(request, http, policy)).response.wire()
 
     try:
         return asyncio.run(run())
@@ -187,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calcinosis-cds: invalid configuration: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    protect_logs()
     if args.command == "serve":
         import uvicorn
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
 from fhir_mapping.wire import decode_resource
 from hooks.metrics import FHIR_FETCHES, FHIR_LATENCY
+from hooks.outbound import FhirScope
 
 FHIR_JSON = "application/fhir+json, application/json;q=0.9"
 
@@ -41,19 +41,13 @@ class SearchResult:
     truncated: bool = False
 
 
-def same_origin(url: str, base: str) -> bool:
-    """True when `url` is on the same scheme, host and port as `base` and under its path."""
-    a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme, a.netloc) == (b.scheme, b.netloc) and a.path.startswith(b.path.rstrip("/"))
-
-
 class FhirClient:
     """Reads and searches one FHIR server on behalf of one hook request."""
 
     def __init__(
         self,
         http: httpx.AsyncClient,
-        base_url: str,
+        scope: FhirScope,
         access_token: str | None,
         deadline: float,
         request_timeout: float,
@@ -61,7 +55,8 @@ class FhirClient:
         page_cap: int,
     ) -> None:
         self.http = http
-        self.base_url = base_url.rstrip("/")
+        self.scope = scope
+        self.base_url = scope.base_url
         self.access_token = access_token
         self.deadline = deadline
         self.request_timeout = request_timeout
@@ -97,6 +92,12 @@ class FhirClient:
             FHIR_LATENCY.observe(time.perf_counter() - started)
 
     async def _get_json(self, url: str) -> dict[str, Any] | None:
+        target = self.scope.resolve(url)
+        if target is None:
+            # The one check every outbound FHIR URL passes (reads, searches, next links): the
+            # token is never sent outside the request's FHIR base.
+            raise FhirFetchError("URL outside the FHIR server; not called")
+        url = target
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise FhirFetchError("deadline reached before the request")
@@ -172,8 +173,8 @@ class FhirClient:
     def add_bundle(self, body: dict[str, Any], result: SearchResult) -> str | None:
         """Add a searchset page's resources to `result`; return its next link, if any.
 
-        A next link pointing anywhere but this server is not followed (it could send the
-        service's bearer token elsewhere).
+        A next link pointing anywhere but under this server's base is not followed (it would send
+        the service's bearer token elsewhere); `hooks.outbound` decides, after normalisation.
         """
         if body.get("resourceType") == "OperationOutcome":
             raise FhirFetchError("FHIR search answered with an OperationOutcome")
@@ -185,7 +186,7 @@ class FhirClient:
                 result.resources.append(resource)
         for link in body.get("link", []) or []:
             if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-                if same_origin(link["url"], self.base_url):
+                if self.scope.resolve(link["url"]) is not None:
                     return str(link["url"])
                 raise FhirFetchError("next link points outside the FHIR server; not followed")
         return None

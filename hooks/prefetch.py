@@ -26,6 +26,7 @@ from fhir_mapping.mapping import bundle_resources
 from fhir_mapping.terminology import LOINC, Terminology
 from hooks.fhir_client import FhirClient, FhirFetchError, SearchResult
 from hooks.models import HookRequest
+from hooks.outbound import OutboundPolicy
 from hooks.settings import Settings
 
 
@@ -130,9 +131,9 @@ class PrefetchResolver:
         settings: Settings,
         http: httpx.AsyncClient | None,
         documents_calcinosis: Callable[[list[dict[str, Any]]], bool],
-        server_allowed: Callable[[str], bool] = lambda url: True,
+        policy: OutboundPolicy,
     ) -> None:
-        self.server_allowed = server_allowed
+        self.policy = policy
         self.keys = keys
         self.settings = settings
         self.http = http
@@ -141,13 +142,14 @@ class PrefetchResolver:
     def _client(self, request: HookRequest) -> FhirClient | None:
         if request.fhir_server is None or self.http is None:
             return None
-        if not self.server_allowed(request.fhir_server):
+        scope = self.policy.scope(request.fhir_server)
+        if scope is None:
             # Never call (or send the token to) a server that is not trusted for this client.
             return None
         token = request.fhir_authorization.access_token if request.fhir_authorization else None
         return FhirClient(
             self.http,
-            request.fhir_server,
+            scope,
             token,
             time.monotonic() + self.settings.fetch_deadline_seconds,
             self.settings.fhir_request_timeout_seconds,

@@ -22,15 +22,13 @@ from hooks.auth import (
     ReplayCache,
     VerifiedToken,
     bearer_token,
-    fhir_server_allowed,
-    fhir_server_in,
     load_trusted_clients,
 )
+from hooks.outbound import OutboundPolicy
 from hooks.settings import Settings
 from hooks.stores import RedisReplayCache, StoreConfigError
 
 log = logging.getLogger("calcinosis_cds.security")
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 INSECURE_WARNING = "JWT authentication is disabled: for local use only, never with real patient data"
 
 
@@ -69,17 +67,15 @@ class Authenticator:
             return None
         return await self.verifier(http).verify(bearer_token(authorization), self.base_url + path)
 
-    def fhir_server_allowed(self, verified: VerifiedToken | None, url: str) -> bool:
-        """SSRF guard: the verified client's FHIR servers; with authentication disabled, loopback
-        servers and the locally configured list."""
+    def outbound_policy(self, verified: VerifiedToken | None) -> OutboundPolicy:
+        """SSRF guard: the FHIR servers this caller may make the service call. A verified client's
+        `fhir_servers`; with authentication disabled (local use), loopback servers and the locally
+        configured list; otherwise none."""
         if verified is not None:
-            return fhir_server_allowed(verified.client, url)
+            return verified.client.outbound_policy()
         if not self.disabled:
-            return False
-        host = urlsplit(url).hostname
-        if host in LOOPBACK and urlsplit(url).scheme in ("http", "https"):
-            return True
-        return fhir_server_in(self.local_fhir_servers, True, url)
+            return OutboundPolicy.deny_all()
+        return OutboundPolicy(self.local_fhir_servers, allow_http=True, loopback=True)
 
 
 __all__ = ["INSECURE_WARNING", "AuthError", "Authenticator", "open_replay_cache"]

@@ -7,7 +7,6 @@ The handler is shared by the HTTP route and the `evaluate` command, so both give
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from fhir_mapping.pipeline import assess_resources, documents_calcinosis, warm_u
 from fhir_mapping.terminology import Terminology, load_terminology
 from hooks.cards import render_cards, warm_up_orders
 from hooks.models import HookRequest, HookResponse, PatientViewContext, ServiceDescription
+from hooks.outbound import OutboundPolicy
 from hooks.prefetch import PrefetchResolver, ResolvedData, prefetch_keys
 from hooks.settings import Settings
 
@@ -89,14 +89,14 @@ class CalcinosisService:
         self,
         request: HookRequest,
         http: httpx.AsyncClient | None,
+        policy: OutboundPolicy,
         as_of: datetime | None = None,
-        server_allowed: Callable[[str], bool] = lambda url: True,
     ) -> Outcome:
-        """Resolve data, assess, render cards. `server_allowed` is the SSRF guard: the HTTP layer
-        passes the verified client's FHIR server allowlist; the command line, whose user names the
-        server, allows it."""
+        """Resolve data, assess, render cards. `policy` is the SSRF guard, with no default: the
+        HTTP layer passes the verified caller's (`Authenticator.outbound_policy`), the command
+        line exactly the server its user named."""
         context = self.context(request)
-        resolver = PrefetchResolver(self.keys, self.settings, http, self.documents_calcinosis, server_allowed)
+        resolver = PrefetchResolver(self.keys, self.settings, http, self.documents_calcinosis, policy)
         data = await resolver.resolve(request, context.patient_id)
         if data.silent:
             return Outcome(HookResponse(cards=[]), data, context.patient_id)

@@ -31,6 +31,7 @@ from fhir_mapping.mapping import map_resources
 from fhir_mapping.pipeline import assess_resources, default_terminology, documents_calcinosis
 from fhir_mapping.wire import ENTRY_ELEMENTS, RESOURCE_ELEMENTS, ResourceElements, decode_resource
 from hooks.models import HookRequest
+from hooks.outbound import OutboundPolicy
 from hooks.prefetch import DataUnobtainableError
 from hooks.service import CalcinosisService, InvalidContextError
 from hooks.settings import Settings
@@ -79,7 +80,7 @@ def _outcome(data: Any) -> tuple[Any, ...]:
     except ValidationError as error:
         return ("invalid", sorted(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in error.errors()))
     try:
-        outcome = asyncio.run(SERVICE.handle(request, None, as_of=AS_OF))
+        outcome = asyncio.run(SERVICE.handle(request, None, OutboundPolicy.deny_all(), as_of=AS_OF))
     except (InvalidContextError, DataUnobtainableError) as error:
         return (type(error).__name__, str(error))
     patient_id = str(request.context.get("patientId"))
