@@ -22,7 +22,8 @@ from hooks.stores import (
     topic_of,
 )
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
+POSTGRES_ADMIN = f"{POSTGRES_SERVER}/postgres"
 REDIS = "redis://127.0.0.1:6379/0"
 
 
@@ -43,17 +44,18 @@ def card(topic_code: str) -> str:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """A fresh schema per test, so runs never see each other's rows."""
+    """A database of its own per test, with a unique name: runs in parallel (other clones, CI)
+    never see each other's rows, and none depends on a database someone else created."""
     import psycopg
 
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
+    name = f"calcinosis_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
     try:
-        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+        yield f"{POSTGRES_SERVER}/{name}"
     finally:
-        with psycopg.connect(POSTGRES, autocommit=True) as connection:
-            connection.execute(f"DROP SCHEMA {schema} CASCADE")
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def exercise(store: FeedbackStore) -> None:
