@@ -142,6 +142,13 @@ class DrugClass(StrEnum):
     COLCHICINE = "colchicine"
     IRON_PARENTERAL = "iron-parenteral"
     SODIUM_THIOSULFATE = "sodium-thiosulfate"
+    CALCIUM_SUPPLEMENT = "calcium-supplement"
+    CALCIUM_RAISING = "calcium-raising-drug"
+    BISPHOSPHONATE = "bisphosphonate"
+    ALUMINUM_BINDER = "aluminum-binder"
+    CALCIMIMETIC = "calcimimetic"
+    CALCIUM_CONTAINING_FLUID = "calcium-containing-fluid"
+    MULTIVITAMIN = "multivitamin"
 
 
 class ProcedureKind(StrEnum):
