@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,12 +28,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hooks.audit import audit_hook_call
-from hooks.auth import VerifiedToken
+from hooks.auth import AuthError, VerifiedToken
+from hooks.auth.authenticator import INSECURE_WARNING, Authenticator
+from hooks.auth.web import Caller, authenticated
 from hooks.logs import protect_logs
-from hooks.metrics import AUTH_FAILURES, CARDS, LATENCY, REGISTRY, REQUESTS
+from hooks.metrics import CARDS, LATENCY, REGISTRY, REQUESTS
 from hooks.models import Discovery, Feedback, HookRequest, operation_outcome
 from hooks.prefetch import DataUnobtainableError
-from hooks.security import INSECURE_WARNING, Authenticator, AuthError
 from hooks.service import HOOK, SERVICE_ID, SPEC_VERSION, CalcinosisService, InvalidContextError
 from hooks.settings import Settings
 from hooks.stores import open_feedback_store
@@ -121,6 +122,26 @@ def _body_schema(model: type[BaseModel], app: FastAPI) -> dict[str, Any]:
     }
 
 
+async def hook_caller(request: Request, service_id: str) -> VerifiedToken | None:
+    """The service call's authentication: as every route's, and a refused call is audited."""
+    try:
+        return await authenticated(request)
+    except AuthError:
+        audit_hook_call(
+            service_id=SERVICE_ID,
+            hook=HOOK,
+            hook_instance=None,
+            status=401,
+            verified=None,
+            client_address=request.client.host if request.client else None,
+        )
+        raise
+
+
+HookCaller = Annotated[VerifiedToken | None, Depends(hook_caller)]
+"""The service call's caller: authenticated as on every route, and audited when refused."""
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; the knowledge base and value sets load (and are checked) here."""
     settings = settings or Settings()
@@ -152,21 +173,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = authenticator
     app.state.openapi_schemas = {}
 
-    async def authenticate(request: Request) -> VerifiedToken | None:
-        """Every endpoint: verify the EHR's JWT for the exact URL called; 401 without detail."""
-        if request.app.state.http is None:
-            request.app.state.http = httpx.AsyncClient(follow_redirects=False)
-        try:
-            return await authenticator.authenticate(
-                request.headers.get("authorization"), request.url.path, request.app.state.http
-            )
-        except AuthError as error:
-            AUTH_FAILURES.labels(error.reason).inc()
-            log.warning(
-                "auth rejected path=%s reason=%s issuer=%s", request.url.path, error.reason, error.issuer or "-"
-            )
-            raise ApiError(401, "login", "authentication required") from error
-
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -174,6 +180,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type"],
         max_age=600,
     )
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, error: AuthError) -> Response:
+        response = problem(401, "login", "authentication required")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> Response:
@@ -197,8 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return problem(500, "exception", "internal error; see the service log")
 
     @app.get("/cds-services")
-    async def discovery(request: Request) -> Response:
-        await authenticate(request)
+    async def discovery(caller: Caller) -> Response:
         description = service.describe()
         if authenticator.disabled:
             description.extension = {
@@ -208,13 +219,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return ORJSONResponse(body.wire())
 
     @app.post("/cds-services/{service_id}", openapi_extra=_body_schema(HookRequest, app))
-    async def call(service_id: str, request: Request) -> Response:
+    async def call(service_id: str, request: Request, verified: HookCaller) -> Response:
         started = time.perf_counter()
-        verified: VerifiedToken | None = None
         hook_instance: str | None = None
         status, cards = 500, None
         try:
-            verified = await authenticate(request)
             if service_id != SERVICE_ID:
                 raise ApiError(404, "not-found", "no such CDS service")
             hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes, decode_hook_request))
@@ -269,8 +278,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_body_schema(Feedback, app))
-    async def receive_feedback(service_id: str, request: Request) -> Response:
-        await authenticate(request)
+    async def receive_feedback(service_id: str, request: Request, caller: Caller) -> Response:
         if service_id != SERVICE_ID:
             raise ApiError(404, "not-found", "no such CDS service")
         body = validate(Feedback, await read_json(request, settings.max_body_bytes))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from hooks.auth import VerifiedToken
+from hooks.auth.verify import VerifiedToken
 
 audit_log = logging.getLogger("calcinosis_cds.audit")
 

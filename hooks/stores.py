@@ -2,8 +2,6 @@
 
 - Feedback (card outcomes, accepted suggestions, override reasons): `memory://` (tests),
   `sqlite:///path/to/feedback.db` (default, one instance), `postgresql://...` (several replicas).
-- JWT replay cache (`jti` seen within the token lifetime): `memory://` (default, one instance) or
-  `redis://...` (several replicas: a token replayed to another replica must still be refused).
 
 Feedback entries are stored once per (service, card, outcome): the spec allows a client to send
 the same feedback again, and a database unique key makes that idempotent across replicas too.
@@ -247,27 +245,3 @@ def feedback_report(records: list[FeedbackRecord]) -> dict[str, Any]:
         for topic, counts in sorted(by_topic.items())
     }
     return {"topics": topics, "topOverrideReasons": [{"reason": r, "count": n} for r, n in reasons.most_common(5)]}
-
-
-class RedisReplayCache:
-    """A `jti` replay cache in Redis (SET NX with expiry): shared by every replica."""
-
-    def __init__(self, url: str, prefix: str = "calcinosis:jti:") -> None:
-        import redis.asyncio as redis
-
-        self._redis = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        self._prefix = prefix
-
-    async def first_use(self, key: str, expires_at: float) -> bool:
-        ttl = max(1, int(expires_at - time.time()) + 1)
-        created = await self._redis.set(self._prefix + key, b"1", nx=True, ex=ttl)
-        return bool(created)
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except Exception:  # any connection error means "not ready"
-            return False
-
-    async def close(self) -> None:
-        await self._redis.aclose()

@@ -4,8 +4,6 @@ PostgreSQL and Redis (several replicas). The servers run on the development and 
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,6 @@ import pytest
 from hooks.models import FeedbackItem
 from hooks.stores import (
     FeedbackStore,
-    RedisReplayCache,
     StoreConfigError,
     feedback_report,
     open_feedback_store,
@@ -24,7 +21,6 @@ from hooks.stores import (
 
 POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
 POSTGRES_ADMIN = f"{POSTGRES_SERVER}/postgres"
-REDIS = "redis://127.0.0.1:6379/0"
 
 
 def items(card: str, outcome: str = "accepted", reason: str | None = None) -> list[FeedbackItem]:
@@ -95,20 +91,3 @@ def test_bad_store_urls_fail_clearly() -> None:
 
 def test_topic_is_read_from_the_card_uuid() -> None:
     assert topic_of(card("03")) == "differentials" and topic_of(str(uuid.uuid4())[:-2] + "ff") == "unknown"
-
-
-def test_redis_replay_cache_refuses_a_second_use_from_any_replica() -> None:
-    async def scenario() -> tuple[bool, bool, bool]:
-        key = f"iss|{uuid.uuid4()}"
-        replica_a, replica_b = RedisReplayCache(REDIS), RedisReplayCache(REDIS)
-        try:
-            assert await replica_a.ping()
-            first = await replica_a.first_use(key, time.time() + 60)
-            second = await replica_b.first_use(key, time.time() + 60)
-            other = await replica_b.first_use(key + "-other", time.time() + 60)
-            return first, second, other
-        finally:
-            await replica_a.close()
-            await replica_b.close()
-
-    assert asyncio.run(scenario()) == (True, False, True)

@@ -1,4 +1,5 @@
-"""Authentication of the calling EHR and the FHIR server allowlist, as the app applies them.
+"""Authentication of the calling EHR, as the app applies it, and the outbound policy that follows
+from who called.
 
 Every endpoint (discovery, service, feedback) requires `Authorization: Bearer <JWT>` signed by a
 configured client, with `aud` equal to the public URL of the endpoint called. Authentication can
@@ -10,35 +11,18 @@ and those listed in `CALCINOSIS_LOCAL_FHIR_SERVERS`.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 import httpx
 
-from hooks.auth import (
-    AuthError,
-    InMemoryReplayCache,
-    JwksFetcher,
-    JwtVerifier,
-    ReplayCache,
-    VerifiedToken,
-    bearer_token,
-    load_trusted_clients,
-)
+from hooks.auth.clients import load_trusted_clients
+from hooks.auth.keys import JwksFetcher
+from hooks.auth.replay import open_replay_cache
+from hooks.auth.verify import JwtVerifier, VerifiedToken, bearer_token
 from hooks.outbound import OutboundPolicy
 from hooks.settings import Settings
-from hooks.stores import RedisReplayCache, StoreConfigError
 
 log = logging.getLogger("calcinosis_cds.security")
 INSECURE_WARNING = "JWT authentication is disabled: for local use only, never with real patient data"
-
-
-def open_replay_cache(url: str) -> ReplayCache:
-    """The replay cache a URL names: memory:// (one instance) or redis:// (several replicas)."""
-    if url == "memory://":
-        return InMemoryReplayCache()
-    if urlsplit(url).scheme in ("redis", "rediss"):
-        return RedisReplayCache(url)
-    raise StoreConfigError(f"replay cache URL scheme '{urlsplit(url).scheme}' is not supported (memory, redis)")
 
 
 class Authenticator:
@@ -76,6 +60,3 @@ class Authenticator:
         if not self.disabled:
             return OutboundPolicy.deny_all()
         return OutboundPolicy(self.local_fhir_servers, allow_http=True, loopback=True)
-
-
-__all__ = ["INSECURE_WARNING", "AuthError", "Authenticator", "open_replay_cache"]
