@@ -183,7 +183,8 @@ class PatientContext:
         self.findings = findings
         self.kb = knowledge
         self.as_of = findings.as_of
-        self.gate_start = self.as_of - timedelta(days=knowledge.value("gate-lookback-days"))
+        self.gate_start = self.as_of - timedelta(days=knowledge.days("gate-lookback-days"))
+        self.year_start = self.as_of - timedelta(days=knowledge.days("annual-lookback-days"))
         self.pairing = timedelta(hours=knowledge.value("pairing-hours"))
         by_analyte: dict[Analyte, list[LabResult]] = defaultdict(list)
         unusable: dict[Analyte, list[LabResult]] = defaultdict(list)
@@ -343,11 +344,16 @@ class PatientContext:
         albumin = self._paired(Analyte.ALBUMIN, calcium.effective) if calcium.comparator is None else None
         if albumin is not None and albumin.value is not None:
             anchor = self.kb.value("albumin-correction-anchor")
-            value = corrected_calcium(calcium.value, albumin.value, anchor)
+            value = corrected_calcium(
+                calcium.value, albumin.value, anchor, self.kb.value("albumin-correction-coefficient")
+            )
             corrected = albumin.value < anchor
             note = None
             if albumin.value < self.kb.value("albumin-correction-unreliable"):
-                note = "albumin below 3.0 g/dL: correction is unreliable, an ionized calcium is preferred"
+                note = (
+                    f"albumin below {self.kb.quantity('albumin-correction-unreliable')}: correction is unreliable, "
+                    "an ionized calcium is preferred"
+                )
             status, comparisons = self.judge(
                 calcium, value, "calcium-total-upper", "calcium-total-lower", use_flag=not corrected
             )
@@ -360,7 +366,7 @@ class PatientContext:
             comparisons,
             calcium,
             None,
-            "no albumin within 24 h of this calcium: total calcium used without correction",
+            f"no albumin within {self.kb.quantity('pairing-hours')} of this calcium: total calcium used without correction",
         )
 
     def _calcium_reading(self) -> CalciumReading | None:
@@ -434,7 +440,9 @@ class PatientContext:
             if reading.albumin is not None:
                 inputs += (lab_evidence(reading.albumin),)
             kind = (
-                "albumin-corrected calcium" if reading.kind == "corrected" else "total calcium (no albumin within 24 h)"
+                "albumin-corrected calcium"
+                if reading.kind == "corrected"
+                else f"total calcium (no albumin within {self.kb.quantity('pairing-hours')})"
             )
             return DerivedValue(
                 name="calcium-phosphate-product",
@@ -464,7 +472,7 @@ class PatientContext:
                 kb.value("egfr-g4"),
                 kb.value("egfr-g5"),
             )
-            chronic_before = egfr.effective - timedelta(days=kb.value("ckd-chronicity-days"))
+            chronic_before = egfr.effective - timedelta(days=kb.days("ckd-chronicity-days"))
             chronic = any(
                 lab.effective <= chronic_before and lab.value is not None and lab.value < kb.value("egfr-g3a")
                 for lab in self.labs(Analyte.EGFR)
@@ -476,7 +484,7 @@ class PatientContext:
             and egfr.value >= kb.value("egfr-g3a")
         ):
             category = "G1-G2"
-        recent = self.as_of - timedelta(days=kb.value("gate-lookback-days"))
+        recent = self.gate_start
         dialysis_procedures = [
             p for p in self.procedures(ProcedureKind.DIALYSIS) if p.status not in ("not-done", "entered-in-error")
         ]
@@ -491,7 +499,9 @@ class PatientContext:
             when = procedure.end or procedure.start
             if when is not None and when >= recent:
                 on_dialysis = True
-                evidence.append(procedure_evidence(procedure, "dialysis within the last 90 days"))
+                evidence.append(
+                    procedure_evidence(procedure, f"dialysis within the last {kb.quantity('gate-lookback-days')}")
+                )
                 break
         starts = [p.start for p in dialysis_procedures if p.start is not None]
         starts += [c.first_known for c in dialysis_conditions if c.first_known is not None]
@@ -554,10 +564,12 @@ class PatientContext:
                     )
                     break
             if category in ("G3a", "G3b", "G4", "G5") and not kidney.on_dialysis:
+                below = f"eGFR below {self.kb.number('egfr-g3a')}"
+                chronicity = self.kb.quantity("ckd-chronicity-days")
                 notes.append(
-                    "eGFR below 60 also at least 3 months earlier (chronic)"
+                    f"{below} also at least {chronicity} earlier (chronic)"
                     if kidney.chronic_confirmed
-                    else "single eGFR below 60: chronicity (3 months) not shown by the record"
+                    else f"single {below}: chronicity ({chronicity}) not shown by the record"
                 )
         if kidney.on_dialysis:
             category = "G5D"
@@ -572,7 +584,10 @@ class PatientContext:
             value=kidney.egfr.value if kidney.egfr is not None else None,
             unit=kidney.egfr.unit if kidney.egfr is not None else None,
             category=category,
-            formula="KDIGO GFR category from the latest eGFR in 90 days; G5D when on dialysis",
+            formula=(
+                f"KDIGO GFR category from the latest eGFR in {self.kb.quantity('gate-lookback-days')}; "
+                "G5D when on dialysis"
+            ),
             inputs=tuple(inputs),
             comparisons=tuple(comparisons),
             note="; ".join(notes) or None,
@@ -592,10 +607,12 @@ class PatientContext:
                 reading.albumin is not None and reading.albumin.value is not None and reading.calcium.value is not None
             )
             name = "corrected-calcium"
+            anchor = self.kb.threshold("albumin-correction-anchor")
             formula = (
-                f"corrected Ca = {_fmt(reading.calcium.value)} + 0.8 x (4.0 - {_fmt(reading.albumin.value)}) mg/dL"
-                if reading.albumin.value < 4.0
-                else "albumin at or above 4.0 g/dL: no correction"
+                f"corrected Ca = {_fmt(reading.calcium.value)} + {self.kb.number('albumin-correction-coefficient')}"
+                f" x ({self.kb.number(anchor.id)} - {_fmt(reading.albumin.value)}) mg/dL"
+                if reading.albumin.value < anchor.value
+                else f"albumin at or above {self.kb.quantity(anchor.id)}: no correction"
             )
         else:
             name, formula = "total-calcium", "total calcium without albumin correction"
@@ -612,8 +629,8 @@ class PatientContext:
         )
 
     def pth_status(self) -> tuple[str | None, LabResult | None, tuple[Comparison, ...]]:
-        """Latest intact PTH in a year against the lab's range or the fallback upper limit."""
-        lab = self.latest(Analyte.PTH_INTACT, self.as_of - timedelta(days=365))
+        """Latest intact PTH in the yearly window against the lab's range or the fallback upper limit."""
+        lab = self.latest(Analyte.PTH_INTACT, self.year_start)
         if lab is None or lab.value is None:
             return None, None, ()
         status, comparisons = self.judge(lab, lab.value, "pth-upper", None)

@@ -9,15 +9,21 @@ CORRECTION_COEFFICIENT = 0.8
 """mg/dL of calcium per g/dL of albumin below the anchor (Payne; Medscape, clinical-knowledge 2.1)."""
 
 
-def corrected_calcium(calcium_mg_dl: float, albumin_g_dl: float, anchor_g_dl: float = 4.0) -> float:
-    """Albumin-corrected calcium in mg/dL: Ca + 0.8 x (anchor - albumin).
+def corrected_calcium(
+    calcium_mg_dl: float,
+    albumin_g_dl: float,
+    anchor_g_dl: float = 4.0,
+    coefficient: float = CORRECTION_COEFFICIENT,
+) -> float:
+    """Albumin-corrected calcium in mg/dL: Ca + coefficient x (anchor - albumin); the rules pass
+    both from the knowledge base (the defaults are Payne's, for property tests).
 
     No correction at or above the anchor (clinical-knowledge.md 2.1: "do not correct when albumin
     >= 4.0 g/dL"), so a high albumin never pulls a calcium down into the normal range.
     """
     if albumin_g_dl >= anchor_g_dl:
         return calcium_mg_dl
-    return calcium_mg_dl + CORRECTION_COEFFICIENT * (anchor_g_dl - albumin_g_dl)
+    return calcium_mg_dl + coefficient * (anchor_g_dl - albumin_g_dl)
 
 
 def calcium_phosphate_product(calcium_mg_dl: float, phosphate_mg_dl: float) -> float:

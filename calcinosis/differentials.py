@@ -3,8 +3,6 @@ patient. Wording is "consider", never "rule out" (section 11.3)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from calcinosis.assessment import DifferentialAssessment, Likelihood, RuleFinding, Subtype, SubtypeAssessment
 from calcinosis.context import HIGH, NORMAL, PatientContext, condition_evidence, lab_evidence, medication_evidence
 from calcinosis.derived import is_above
@@ -47,7 +45,7 @@ def _gout(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]:
             )
         )
     lowered: list[RuleFinding] = []
-    urate = ctx.latest(Analyte.URIC_ACID, ctx.as_of - timedelta(days=365))
+    urate = ctx.latest(Analyte.URIC_ACID, ctx.year_start)
     if urate is not None and urate.value is not None:
         status, _ = ctx.judge(urate, urate.value, None, None)
         if status == HIGH:
@@ -155,7 +153,7 @@ def _xanthoma(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]
     sources = ("AccessMedicine-lipids",)
     raised = _conditions(ctx, "DX-XANTHOMA-DX", "Xanthoma recorded", sources, ClinicalConcept.XANTHOMA)
     raised += _conditions(ctx, "DX-XANTHOMA-LIPID", "Dyslipidemia recorded", sources, ClinicalConcept.HYPERLIPIDEMIA)
-    year_ago = ctx.as_of - timedelta(days=365)
+    year_ago = ctx.year_start
     measured = False
     for analyte, threshold_id, label in (
         (Analyte.CHOLESTEROL_TOTAL, "cholesterol-total-high", "Total cholesterol"),
@@ -169,11 +167,11 @@ def _xanthoma(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]
         threshold = ctx.kb.threshold(threshold_id)
         if is_above(lab.value, lab.comparator, threshold.value, inclusive=True):
             eruptive = analyte is Analyte.TRIGLYCERIDES and lab.value > ctx.kb.value("triglycerides-eruptive")
-            extra = "; above 1000 mg/dL: eruptive xanthomas" if eruptive else ""
+            extra = f"; above {ctx.kb.quantity('triglycerides-eruptive')}: eruptive xanthomas" if eruptive else ""
             raised.append(
                 RuleFinding(
                     "DX-XANTHOMA-LAB",
-                    f"{label} {lab.reported} at or above {threshold.value:g} mg/dL{extra}",
+                    f"{label} {lab.reported} at or above {ctx.kb.quantity(threshold_id)}{extra}",
                     (lab_evidence(lab),),
                     threshold.sources,
                 )

@@ -9,12 +9,43 @@ review the JSON; the rules in this package refer to entries by their stable ids.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 EVIDENCE_TAGS = frozenset({"S", "S-abs", "S-2nd", "GK"})
+
+#: How each unit of thresholds.json is written for a clinician: one spelling per unit, never
+#: raw UCUM annotations such as `{1.73_m2}`.
+UNIT_DISPLAY = {
+    "mg2/dL2": "mg²/dL²",
+    "mL/min/{1.73_m2}": "mL/min/1.73 m²",
+    "ug/d": "µg/day",
+    "kg/m2": "kg/m²",
+    "d": "days",
+    "a": "years",
+    "h": "h",
+}
+
+#: `{threshold-id}` in knowledge prose (workup reasons, separating tests) is replaced at load time
+#: by the threshold's value and unit, `{threshold-id#}` by the value alone: the number a card states
+#: is the number the rule compares with, and an edit to thresholds.json changes both.
+_PLACEHOLDER = re.compile(r"\{([a-z0-9-]+)(#?)\}")
+
+
+def display_unit(unit: str) -> str:
+    """A unit as a clinician reads it (`mg²/dL²`, `mL/min/1.73 m²`); unknown units unchanged."""
+    return UNIT_DISPLAY.get(unit, unit)
+
+
+def format_number(value: float) -> str:
+    """A knowledge-base number without spurious digits: 70, 4.5, 0.5, 1,000."""
+    if value == int(value) and abs(value) < 1e15:
+        return f"{int(value):,}"
+    return f"{value:,g}"
 
 
 class KnowledgeBaseError(ValueError):
@@ -70,6 +101,8 @@ class WorkupItem:
     code_note: str | None
     never_when: str | None
     caution: str | None
+    lookback: str | None = None
+    lookback_dialysis: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +126,8 @@ class KnowledgeBase:
     thresholds: dict[str, Threshold]
     workup: tuple[WorkupItem, ...]
     differentials: tuple[Differential, ...]
+    raw_workup: tuple[WorkupItem, ...] = ()
+    raw_differentials: tuple[Differential, ...] = ()
 
     def threshold(self, threshold_id: str) -> Threshold:
         """The threshold with this id; a missing one is a programming error caught by tests."""
@@ -101,6 +136,38 @@ class KnowledgeBase:
     def value(self, threshold_id: str) -> float:
         """The numeric value of a threshold."""
         return self.thresholds[threshold_id].value
+
+    def number(self, threshold_id: str) -> str:
+        """The value as card prose writes it ("70", "4.5", "1,000")."""
+        return format_number(self.thresholds[threshold_id].value)
+
+    def quantity(self, threshold_id: str) -> str:
+        """Value and unit as card prose writes them ("70 mg²/dL²", "90 days")."""
+        threshold = self.thresholds[threshold_id]
+        return f"{format_number(threshold.value)} {display_unit(threshold.unit)}"
+
+    def days(self, threshold_id: str) -> int:
+        """A look-back window or duration in whole days (thresholds with unit `d`)."""
+        threshold = self.thresholds[threshold_id]
+        if threshold.unit != "d":
+            raise KeyError(f"{threshold_id} is not a window in days")
+        return int(threshold.value)
+
+    def phrase(self, text: str) -> str:
+        """Knowledge prose with its `{threshold-id}` placeholders filled from the thresholds."""
+        return fill_placeholders(text, self.thresholds)
+
+    def with_thresholds(self, values: dict[str, float]) -> KnowledgeBase:
+        """A copy with some threshold values changed (what-if reviews and tests). Prose that cites
+        a threshold is filled again from the raw text, so it states the new values."""
+        thresholds = {
+            key: replace(threshold, value=float(values[key])) if key in values else threshold
+            for key, threshold in self.thresholds.items()
+        }
+        unknown = set(values) - set(self.thresholds)
+        if unknown:
+            raise KnowledgeBaseError(f"unknown thresholds: {sorted(unknown)}")
+        return _assemble(self.version, self.sources, thresholds, self.raw_workup, self.raw_differentials)
 
     def differential(self, differential_id: str) -> Differential:
         """The differential with this id."""
@@ -129,9 +196,12 @@ WORKUP_TRIGGERS = frozenset(
 )
 
 
-def _read(name: str) -> dict[str, Any]:
+def _read(name: str, directory: Path | None = None) -> dict[str, Any]:
     try:
-        text = resources.files("calcinosis").joinpath("knowledge").joinpath(name).read_text(encoding="utf-8")
+        if directory is not None:
+            text = (directory / name).read_text(encoding="utf-8")
+        else:
+            text = resources.files("calcinosis").joinpath("knowledge").joinpath(name).read_text(encoding="utf-8")
         data = json.loads(text)
     except (OSError, json.JSONDecodeError) as error:
         raise KnowledgeBaseError(f"knowledge file {name}: {error}") from error
@@ -172,18 +242,71 @@ def _code(raw: Any, where: str) -> Code | None:
     )
 
 
-def _optional_int(entry: dict[str, Any], key: str, where: str) -> int | None:
+def fill_placeholders(text: str, thresholds: dict[str, Threshold], where: str = "text") -> str:
+    """Replace `{threshold-id}` by value and unit and `{threshold-id#}` by the value alone."""
+
+    def one(match: re.Match[str]) -> str:
+        threshold = thresholds.get(match.group(1))
+        if threshold is None:
+            raise KnowledgeBaseError(f"{where}: unknown threshold '{match.group(1)}' in text")
+        number = format_number(threshold.value)
+        return number if match.group(2) else f"{number} {display_unit(threshold.unit)}"
+
+    return _PLACEHOLDER.sub(one, text)
+
+
+def _window(entry: dict[str, Any], key: str, where: str, thresholds: dict[str, Threshold]) -> str | None:
+    """A look-back window named by its threshold id (one source per window: thresholds.json)."""
+    if f"{key}_days" in entry:
+        raise KnowledgeBaseError(
+            f"{where}: '{key}_days' is no longer read; name a window of thresholds.json in '{key}'"
+        )
     value = entry.get(key)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise KnowledgeBaseError(f"{where}: '{key}' must be a positive integer or null")
+    if not isinstance(value, str) or value not in thresholds or thresholds[value].unit != "d":
+        raise KnowledgeBaseError(f"{where}: '{key}' must name a threshold in days, or be null")
     return value
 
 
-def load_knowledge() -> KnowledgeBase:
-    """Read and validate the knowledge files; raises `KnowledgeBaseError` on any defect."""
-    raw_sources = _read("sources.json").get("sources")
+def _resolve_workup(item: WorkupItem, thresholds: dict[str, Threshold]) -> WorkupItem:
+    """The item with its windows in days and its prose filled from the thresholds."""
+    where = f"workup.json {item.id}"
+    return replace(
+        item,
+        lookback_days=int(thresholds[item.lookback].value) if item.lookback else None,
+        lookback_days_dialysis=int(thresholds[item.lookback_dialysis].value) if item.lookback_dialysis else None,
+        reason=fill_placeholders(item.reason, thresholds, where),
+        caution=fill_placeholders(item.caution, thresholds, where) if item.caution else None,
+        label=fill_placeholders(item.label, thresholds, where),
+    )
+
+
+def _assemble(
+    version: str,
+    sources: dict[str, Source],
+    thresholds: dict[str, Threshold],
+    raw_workup: tuple[WorkupItem, ...],
+    raw_differentials: tuple[Differential, ...],
+) -> KnowledgeBase:
+    """The knowledge base with every placeholder resolved against `thresholds`."""
+    workup = tuple(_resolve_workup(item, thresholds) for item in raw_workup)
+    differentials = tuple(
+        replace(
+            d,
+            label=fill_placeholders(d.label, thresholds, f"differentials.json {d.id}"),
+            separating_test=fill_placeholders(d.separating_test, thresholds, f"differentials.json {d.id}"),
+        )
+        for d in raw_differentials
+    )
+    return KnowledgeBase(version, sources, thresholds, workup, differentials, raw_workup, raw_differentials)
+
+
+def load_knowledge(directory: str | Path | None = None) -> KnowledgeBase:
+    """Read and validate the knowledge files (the packaged ones, or those of another folder, e.g.
+    a reviewer's edited copy); raises `KnowledgeBaseError` on any defect."""
+    folder = Path(directory) if directory is not None else None
+    raw_sources = _read("sources.json", folder).get("sources")
     if not isinstance(raw_sources, dict):
         raise KnowledgeBaseError("sources.json: 'sources' must be an object")
     sources: dict[str, Source] = {}
@@ -196,7 +319,7 @@ def load_knowledge() -> KnowledgeBase:
             raise KnowledgeBaseError(f"{where}: url must be absolute http(s)")
         sources[key] = Source(key, _require(entry, "citation", str, where), url, bool(entry.get("link")))
 
-    raw_thresholds = _read("thresholds.json").get("thresholds")
+    raw_thresholds = _read("thresholds.json", folder).get("thresholds")
     if not isinstance(raw_thresholds, dict):
         raise KnowledgeBaseError("thresholds.json: 'thresholds' must be an object")
     thresholds: dict[str, Threshold] = {}
@@ -214,7 +337,7 @@ def load_knowledge() -> KnowledgeBase:
             evidence=entry["evidence"],
         )
 
-    raw_items = _read("workup.json").get("items")
+    raw_items = _read("workup.json", folder).get("items")
     if not isinstance(raw_items, list):
         raise KnowledgeBaseError("workup.json: 'items' must be a list")
     workup: list[WorkupItem] = []
@@ -235,8 +358,8 @@ def load_knowledge() -> KnowledgeBase:
                 kind=_require(entry, "kind", str, where),
                 code=_code(entry.get("code"), where),
                 satisfied_by=tuple(_require(entry, "satisfied_by", list, where)),
-                lookback_days=_optional_int(entry, "lookback_days", where),
-                lookback_days_dialysis=_optional_int(entry, "lookback_days_dialysis", where),
+                lookback_days=None,
+                lookback_days_dialysis=None,
                 trigger=trigger,
                 reason=_require(entry, "reason", str, where),
                 sources=_sources(entry, where, sources),
@@ -244,12 +367,14 @@ def load_knowledge() -> KnowledgeBase:
                 code_note=entry.get("code_note"),
                 never_when=never_when,
                 caution=entry.get("caution"),
+                lookback=_window(entry, "lookback", where, thresholds),
+                lookback_dialysis=_window(entry, "lookback_dialysis", where, thresholds),
             )
         )
     if len({item.id for item in workup}) != len(workup):
         raise KnowledgeBaseError("workup.json: item ids must be unique")
 
-    raw_differentials = _read("differentials.json").get("differentials")
+    raw_differentials = _read("differentials.json", folder).get("differentials")
     if not isinstance(raw_differentials, list):
         raise KnowledgeBaseError("differentials.json: 'differentials' must be a list")
     differentials: list[Differential] = []
@@ -267,13 +392,7 @@ def load_knowledge() -> KnowledgeBase:
                 evidence=entry["evidence"],
             )
         )
-    return KnowledgeBase(
-        version=KNOWLEDGE_VERSION,
-        sources=sources,
-        thresholds=thresholds,
-        workup=tuple(workup),
-        differentials=tuple(differentials),
-    )
+    return _assemble(KNOWLEDGE_VERSION, sources, thresholds, tuple(workup), tuple(differentials))
 
 
 @lru_cache(maxsize=1)

@@ -6,8 +6,6 @@ The consensus table scores dialysis patients; for others the factors are listed 
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from calcinosis.assessment import CalciphylaxisRisk, Evidence, RiskFactor
 from calcinosis.context import HIGH, PatientContext, cite_medications, condition_evidence, lab_evidence
 from calcinosis.derived import is_above, is_below
@@ -23,7 +21,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
     minor: list[RiskFactor] = []
     additional: list[RiskFactor] = []
     kidney = ctx.kidney
-    year_ago = ctx.as_of - timedelta(days=365)
+    year_ago = ctx.year_start
 
     if kidney.on_dialysis:
         vintage_years = (ctx.as_of - kidney.dialysis_start).days / 365.25 if kidney.dialysis_start else None
@@ -32,16 +30,17 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
             major.append(
                 RiskFactor(
                     "dialysis-over-5y",
-                    f"Dialysis for {vintage_years:.1f} years (> 5)",
+                    f"Dialysis for {vintage_years:.1f} years (more than {kb.quantity('dialysis-vintage-major-years')})",
                     "major",
                     kidney.dialysis_evidence,
                     CONSENSUS,
                 )
             )
         else:
-            note = None if vintage_years is not None else "start of dialysis not recorded; counted as < 5 years"
+            vintage = kb.quantity("dialysis-vintage-major-years")
+            note = None if vintage_years is not None else f"start of dialysis not recorded; counted as under {vintage}"
             label = (
-                f"Dialysis for {vintage_years:.1f} years (< 5)"
+                f"Dialysis for {vintage_years:.1f} years (under {vintage})"
                 if vintage_years is not None
                 else "Dialysis (duration unknown)"
             )
@@ -59,13 +58,17 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                     "major",
                     evidence,
                     CONSENSUS,
-                    "'long-term' taken as >= 3 months (unconfirmed design choice)",
+                    f"'long-term' taken as at least {kb.quantity('warfarin-long-term-days')} (unconfirmed design choice)",
                 )
             )
         else:
             additional.append(
                 RiskFactor(
-                    "warfarin-short", "Warfarin (under 3 months on record)", "additional", evidence, ("PMC2952095",)
+                    "warfarin-short",
+                    f"Warfarin (under {kb.quantity('warfarin-long-term-days')} on record)",
+                    "additional",
+                    evidence,
+                    ("PMC2952095",),
                 )
             )
 
@@ -90,7 +93,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
             additional.append(
                 RiskFactor(
                     "calcium-binder",
-                    "Calcium-based phosphate binder (under 6 months on record)",
+                    f"Calcium-based phosphate binder (up to {kb.quantity('binder-duration-days')} on record)",
                     "additional",
                     evidence,
                     ("PMC2952095",),
@@ -107,7 +110,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
             major.append(
                 RiskFactor(
                     "active-vitamin-d-high",
-                    f"Active vitamin D {high[0].daily_dose_mcg:g} µg/day (> 0.5)",
+                    f"Active vitamin D {high[0].daily_dose_mcg:g} µg/day (more than {kb.quantity('active-vitamin-d-dose')})",
                     "major",
                     cite_medications(high),
                     CONSENSUS,
@@ -144,7 +147,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
             major.append(
                 RiskFactor(
                     "pth-over-1000",
-                    f"Intact PTH {pth.reported} (> 1000 pg/mL)",
+                    f"Intact PTH {pth.reported} (above {kb.quantity('pth-major')})",
                     "major",
                     (lab_evidence(pth),),
                     CONSENSUS,
@@ -154,7 +157,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
             minor.append(
                 RiskFactor(
                     "pth-under-300",
-                    f"Intact PTH {pth.reported} (< 300 pg/mL)",
+                    f"Intact PTH {pth.reported} (below {kb.quantity('pth-minor-low')})",
                     "minor",
                     (lab_evidence(pth),),
                     CONSENSUS,
@@ -175,7 +178,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
         minor.append(
             RiskFactor(
                 "obesity",
-                f"BMI {bmi.reported} (>= 30)",
+                f"BMI {bmi.reported} (at least {kb.quantity('bmi-obesity')})",
                 "minor",
                 (lab_evidence(bmi),),
                 ("Calciphylaxis-consensus", "Design-GK"),
@@ -197,7 +200,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
         minor.append(
             RiskFactor(
                 "hypoalbuminemia",
-                f"Albumin {albumin.reported} (< 3.5 g/dL)",
+                f"Albumin {albumin.reported} (below {kb.quantity('albumin-low')})",
                 "minor",
                 (lab_evidence(albumin),),
                 ("Calciphylaxis-consensus", "Mazhar-2001"),
@@ -217,7 +220,8 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                 "minor",
                 cite_medications(immuno),
                 CONSENSUS,
-                "'long-term' taken as >= 3 months (unconfirmed design choice)",
+                f"'long-term' taken as at least {kb.quantity('immunosuppression-long-term-days')} "
+                "(unconfirmed design choice)",
             )
         )
 
@@ -291,7 +295,9 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
 
     if not kidney.on_dialysis:
         pattern = "not-applicable"
-    elif len(major) >= 2 or (len(major) >= 1 and len(minor) >= 3):
+    elif len(major) >= kb.value("calciphylaxis-pattern-major") or (
+        major and len(minor) >= kb.value("calciphylaxis-pattern-minor-with-major")
+    ):
         pattern = "met"
     else:
         pattern = "not-met"

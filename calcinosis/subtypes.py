@@ -61,12 +61,14 @@ def gate_findings(ctx: PatientContext) -> tuple[bool, list[str], list[RuleFindin
         if unusable:
             missing.append(f"calcium on file could not be used ({unusable[0].unusable_reason})")
         elif stale is not None:
-            missing.append(f"calcium older than 90 days (last {stale.effective.date().isoformat()})")
+            missing.append(
+                f"calcium older than {ctx.kb.quantity('gate-lookback-days')} (last {stale.effective.date().isoformat()})"
+            )
         else:
             missing.append("serum calcium")
     elif not calcium.gate_ok:
         missing.append(
-            "albumin within 24 h of the calcium (or an ionized calcium)"
+            f"albumin within {ctx.kb.quantity('pairing-hours')} of the calcium (or an ionized calcium)"
             if calcium.kind == "total-uncorrected"
             else "a calcium value that can be compared with its range"
         )
@@ -76,7 +78,10 @@ def gate_findings(ctx: PatientContext) -> tuple[bool, list[str], list[RuleFindin
         if unusable_p:
             missing.append(f"phosphate on file could not be used ({unusable_p[0].unusable_reason})")
         elif stale_p is not None and ctx.phosphate is None:
-            missing.append(f"phosphate older than 90 days (last {stale_p.effective.date().isoformat()})")
+            missing.append(
+                f"phosphate older than {ctx.kb.quantity('gate-lookback-days')} "
+                f"(last {stale_p.effective.date().isoformat()})"
+            )
         else:
             missing.append("serum phosphate")
     if not missing:
@@ -100,7 +105,7 @@ def _calcium_finding(ctx: PatientContext, rule_id: str, statement: str) -> RuleF
 
 
 def _limit(comparisons: tuple[Comparison, ...]) -> str:
-    """'the upper limit 4.5 mg/dL (fallback cut-off)' or 'the lab's flag'."""
+    """'the upper limit <value> <unit> (fallback cut-off)' or 'the upper limit (lab flag)'."""
     if not comparisons:
         return "the upper limit"
     first = comparisons[0]
@@ -138,7 +143,7 @@ def _metabolic_state(ctx: PatientContext) -> tuple[bool | None, list[RuleFinding
         findings.append(
             RuleFinding(
                 "CC-MET-CAXP",
-                f"Ca x P {caxp.value:g} mg²/dL² is above 70",
+                f"Ca x P {caxp.value:g} mg²/dL² is above {ctx.kb.number('caxp-metastatic')}",
                 caxp.inputs,
                 ("Medscape-CC", "StatPearls"),
             )
@@ -189,7 +194,7 @@ def _metastatic_causes(ctx: PatientContext) -> list[RuleFinding]:
                 ("Medscape-CPX", "DermNet"),
             )
         )
-    vitamin_d = ctx.latest(Analyte.VITAMIN_D_25OH, ctx.as_of - timedelta(days=365))
+    vitamin_d = ctx.latest(Analyte.VITAMIN_D_25OH, ctx.year_start)
     if (
         vitamin_d is not None
         and vitamin_d.value is not None
@@ -198,7 +203,8 @@ def _metastatic_causes(ctx: PatientContext) -> list[RuleFinding]:
         causes.append(
             RuleFinding(
                 "CC-MET-VITD",
-                f"25-OH vitamin D {vitamin_d.reported} is above 150 ng/mL (vitamin D toxicity)",
+                f"25-OH vitamin D {vitamin_d.reported} is above {ctx.kb.quantity('vitamin-d-25oh-toxic')} "
+                "(vitamin D toxicity)",
                 (lab_evidence(vitamin_d),),
                 ("Vit-D-tox",),
             )
@@ -207,7 +213,7 @@ def _metastatic_causes(ctx: PatientContext) -> list[RuleFinding]:
 
 
 def assess_metastatic(ctx: PatientContext) -> SubtypeAssessment:
-    """CC-MET: high Ca, high P or Ca x P > 70, ideally with a cause (5.2)."""
+    """CC-MET: high Ca, high P or Ca x P above the metastatic cut-off, ideally with a cause (5.2)."""
     abnormal, lab_findings = _metabolic_state(ctx)
     if abnormal is None:
         _, gate_missing, gate = gate_findings(ctx)
@@ -376,8 +382,8 @@ def assess_dystrophic(
 def iatrogenic_exposures(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]:
     """Qualifying exposures (5.4), split into close to onset (strong) and within the window (weak)."""
     onset = ctx.onset() or ctx.as_of
-    window_start = onset - timedelta(days=ctx.kb.value("iatrogenic-lookback-days"))
-    close_start = onset - timedelta(days=ctx.kb.value("iatrogenic-close-days"))
+    window_start = onset - timedelta(days=ctx.kb.days("iatrogenic-lookback-days"))
+    close_start = onset - timedelta(days=ctx.kb.days("iatrogenic-close-days"))
     strong: list[RuleFinding] = []
     weak: list[RuleFinding] = []
     for medication in ctx.medications(DrugClass.IV_CALCIUM, DrugClass.PARENTERAL_PHOSPHATE):
@@ -447,7 +453,8 @@ def assess_iatrogenic(ctx: PatientContext) -> SubtypeAssessment:
         (
             RuleFinding(
                 "CC-IAT-NONE",
-                "No IV calcium, parenteral phosphate, EEG/EMG or heel-stick exposure found in the 12 months before onset",
+                "No IV calcium, parenteral phosphate, EEG/EMG or heel-stick exposure found in the "
+                f"{ctx.kb.quantity('iatrogenic-lookback-days')} before onset",
                 (),
                 ("Reiter-I", "DermNet"),
                 supports=False,
@@ -572,7 +579,8 @@ def assess_calciphylaxis(
             findings.append(
                 RuleFinding(
                     "CC-CPX-RISK",
-                    "Consensus risk pattern met (2 major, or 1 major and 3 minor factors)",
+                    f"Consensus risk pattern met ({ctx.kb.number('calciphylaxis-pattern-major')} major, or 1 major "
+                    f"and {ctx.kb.number('calciphylaxis-pattern-minor-with-major')} minor factors)",
                     risk_evidence,
                     ("Calciphylaxis-consensus",),
                 )
@@ -605,7 +613,8 @@ def assess_calciphylaxis(
             (
                 RuleFinding(
                     "CC-CPX-NOKIDNEY",
-                    "Kidney function is unknown (no eGFR in 90 days, no CKD, dialysis or transplant record)",
+                    f"Kidney function is unknown (no eGFR in {ctx.kb.quantity('gate-lookback-days')}, "
+                    "no CKD, dialysis or transplant record)",
                     (),
                     ("Nigwekar-NEJM-2018",),
                     supports=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_every_source_key_and_threshold_named_in_the_rules_exists() -> None:
         if key.startswith(("CC-", "DX-", "G1")):
             continue
         assert key in kb.sources, f"rule cites unknown source {key}"
-    for threshold in set(re.findall(r'(?:value|threshold)\("([a-z0-9-]+)"\)', code)):
+    for threshold in set(re.findall(r'(?:value|threshold|days|number|quantity)\(["\']([a-z0-9-]+)["\']\)', code)):
         assert threshold in kb.thresholds, f"rule uses unknown threshold {threshold}"
 
 
@@ -44,18 +45,28 @@ def test_biopsy_is_never_suggested_in_suspected_calciphylaxis_by_data() -> None:
 
 
 def test_a_malformed_file_fails_start_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    original = knowledge_base._read
-
-    def broken(name: str) -> dict:  # type: ignore[type-arg]
-        data = original(name)
-        if name == "thresholds.json":
-            data = json.loads(json.dumps(data))
-            data["thresholds"]["phosphate-upper"]["sources"] = ["No-Such-Source"]
-        return data
-
-    monkeypatch.setattr(knowledge_base, "_read", broken)
+    folder = tmp_path / "knowledge"
+    shutil.copytree(PACKAGE / "knowledge", folder)
+    data = json.loads((folder / "thresholds.json").read_text())
+    data["thresholds"]["phosphate-upper"]["sources"] = ["No-Such-Source"]
+    (folder / "thresholds.json").write_text(json.dumps(data))
     with pytest.raises(KnowledgeBaseError, match="phosphate-upper: unknown source 'No-Such-Source'"):
-        load_knowledge()
+        load_knowledge(folder)
+
+
+def test_a_window_is_named_not_typed_and_prose_placeholders_must_exist(tmp_path: Path) -> None:
+    folder = tmp_path / "knowledge"
+    shutil.copytree(PACKAGE / "knowledge", folder)
+    workup = json.loads((folder / "workup.json").read_text())
+    workup["items"][0]["lookback_days"] = 90
+    (folder / "workup.json").write_text(json.dumps(workup))
+    with pytest.raises(KnowledgeBaseError, match="lookback_days' is no longer read"):
+        load_knowledge(folder)
+    del workup["items"][0]["lookback_days"]
+    workup["items"][0]["reason"] = "above {no-such-threshold}"
+    (folder / "workup.json").write_text(json.dumps(workup))
+    with pytest.raises(KnowledgeBaseError, match="unknown threshold 'no-such-threshold'"):
+        load_knowledge(folder)
 
 
 def test_lab_retention_covers_every_window_twice() -> None:
