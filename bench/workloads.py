@@ -574,6 +574,30 @@ def heavy(seed: int = 20261102, templates: Templates | None = None, anchor: date
     return Chart("heavy", b.patient_id, b.resources)
 
 
+def long_dialysis(
+    observations: int = 12_000,
+    years: int = 20,
+    seed: int = 20261103,
+    templates: Templates | None = None,
+    anchor: datetime | None = None,
+) -> Chart:
+    """Twenty years of dialysis: 12,000 relevant Observations by default (the 10,000+ of the
+    no-prefetch target); the rest as in `heavy`. Passing 30,000 makes the ~28 MB prefetch
+    against which the body cap is sized."""
+    rng = random.Random(seed)
+    b = _Builder(templates or Templates(), rng, "bench-dialysis20-" + _uuid(rng)[:8], anchor or _anchor())
+    b.patient("female", "1951-03-14")
+    b.labs(HEAVY_LABS, observations, years * 365, {"bone": 0.35, "lipids": 0.05, "urate": 0.1, "si": 0.2}, 0.1)
+    for system, code, display, onset, status in HEAVY_CONDITIONS:
+        b.condition(system, code, display, onset, status)
+    b.background_conditions(90, 25 * 365)
+    for kind, rxnorm, text, days, status, dose in HEAVY_MEDICATIONS:
+        b.medication(kind, rxnorm, text, days, status, dose)
+    for i in range(110):
+        b.procedure(SNOMED, "302497006", "Hemodialysis (procedure)", 2 + i * 66)
+    return Chart("dialysis20", b.patient_id, b.resources)
+
+
 def charts(seed: int = 20261101) -> dict[str, Chart]:
     """Both benchmark charts, sharing one load of the Synthea templates."""
     templates = Templates()

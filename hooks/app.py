@@ -31,17 +31,19 @@ from hooks.audit import audit_hook_call
 from hooks.auth import AuthError, VerifiedToken
 from hooks.auth.authenticator import INSECURE_WARNING, Authenticator
 from hooks.auth.web import Caller, authenticated
+from hooks.card_ids import CardIds
 from hooks.logs import protect_logs
 from hooks.metrics import CARDS, LATENCY, REGISTRY, REQUESTS
-from hooks.models import Discovery, Feedback, HookRequest, operation_outcome
+from hooks.models import Discovery, Feedback, FeedbackBatch, FeedbackItem, HookRequest, operation_outcome
 from hooks.prefetch import DataUnobtainableError
-from hooks.service import HOOK, SERVICE_ID, SPEC_VERSION, CalcinosisService, InvalidContextError
+from hooks.service import HOOK, SERVICE_ID, CalcinosisService, InvalidContextError
 from hooks.settings import Settings
-from hooks.stores import open_feedback_store
+from hooks.stores import FeedbackRecord, feedback_records, open_feedback_store
 from hooks.wire import decode_hook_request
 
 log = logging.getLogger("calcinosis_cds")
 M = TypeVar("M", bound=BaseModel)
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class ORJSONResponse(JSONResponse):
@@ -93,8 +95,11 @@ async def read_json(request: Request, max_bytes: int, decode: Callable[[bytes], 
         if size > max_bytes:
             raise ApiError(413, "too-costly", "request body is too large")
         chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if body.startswith(UTF8_BOM):
+        body = body[len(UTF8_BOM) :]  # some Windows-built clients send one; JSON parsers refuse it
     try:
-        return decode(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        return decode(body)
     except orjson.JSONDecodeError as error:
         raise ApiError(400, "invalid", "request body is not valid JSON") from error
 
@@ -105,6 +110,33 @@ def validate(model: type[M], data: Any) -> M:
         return model.model_validate(data)
     except ValidationError as error:
         raise ApiError(400, "invalid", _field_errors(error)) from error
+
+
+def verified_feedback(
+    service_id: str, items: list[Any], card_ids: CardIds
+) -> tuple[list[FeedbackRecord], list[tuple[int, str]]]:
+    """The rows to store for a batch, and the entries refused (index and reason, fields only).
+
+    Each entry stands alone: a malformed one, or one naming a card or suggestion this service did
+    not issue (the MAC in the id does not verify), is refused without costing the others.
+    """
+    records: list[FeedbackRecord] = []
+    rejected: list[tuple[int, str]] = []
+    for index, raw in enumerate(items):
+        try:
+            item = FeedbackItem.model_validate(raw)
+        except ValidationError as error:
+            rejected.append((index, _field_errors(error)))
+            continue
+        topic = card_ids.topic(item.card)
+        if topic is None:
+            rejected.append((index, "card: not a card this service issued"))
+            continue
+        if any(card_ids.topic(s.id) != topic for s in item.accepted_suggestions or ()):
+            rejected.append((index, "acceptedSuggestions: not a suggestion of this card"))
+            continue
+        records += feedback_records(service_id, item, topic)
+    return records, rejected
 
 
 def _body_schema(model: type[BaseModel], app: FastAPI) -> dict[str, Any]:
@@ -166,7 +198,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.set_threshold(100_000, 20, 100)
             yield
 
-    app = FastAPI(title="calcinosis-cds", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse)
+    # redirect_slashes=False: Starlette would answer `POST /cds-services/calcinosis/` with a 307 to
+    # a Location built from the Host header (an unauthenticated redirect to any host); 404 instead.
+    app = FastAPI(
+        title="calcinosis-cds",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        redirect_slashes=False,
+    )
     app.state.service = service
     app.state.feedback = feedback
     app.state.http = None
@@ -215,7 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             description.extension = {
                 "org.calcinosis-cds.security": {"authentication": "disabled", "warning": INSECURE_WARNING}
             }
-        body = Discovery(services=[description], version=SPEC_VERSION)
+        body = Discovery(services=[description])
         return ORJSONResponse(body.wire())
 
     @app.post("/cds-services/{service_id}", openapi_extra=_body_schema(HookRequest, app))
@@ -281,10 +321,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def receive_feedback(service_id: str, request: Request, caller: Caller) -> Response:
         if service_id != SERVICE_ID:
             raise ApiError(404, "not-found", "no such CDS service")
-        body = validate(Feedback, await read_json(request, settings.max_body_bytes))
-        new = await run_in_threadpool(feedback.add, service_id, body.feedback)
-        log.info("feedback service=%s items=%d new=%d", service_id, len(body.feedback), new)
-        return ORJSONResponse({"received": len(body.feedback), "new": new})
+        batch = validate(FeedbackBatch, await read_json(request, settings.max_body_bytes))
+        records, rejected = verified_feedback(service_id, batch.feedback, service.card_ids)
+        if not records:
+            raise ApiError(400, "invalid", "; ".join(f"feedback.{i}: {why}" for i, why in rejected[:10]))
+        new = await run_in_threadpool(feedback.add, records)
+        log.info(
+            "feedback service=%s items=%d rejected=%d new=%d", service_id, len(batch.feedback), len(rejected), new
+        )
+        answer: dict[str, Any] = {"received": len(batch.feedback), "new": new}
+        if rejected:
+            answer["rejected"] = [{"index": i, "reason": why} for i, why in rejected]
+        return ORJSONResponse(answer)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -109,6 +109,12 @@ def card_uuid(hook_instance: uuid.UUID, name: str) -> str:
     return str(uuid.UUID(digits[:-2] + TOPIC_SUFFIX[name.split("/")[0]]))
 
 
+def order_id(hook_instance: uuid.UUID, item_id: str) -> str:
+    """The id of a suggested draft order: validators require one on a created resource, and the
+    EHR may reference it; stable per call and item, like the card ids."""
+    return str(uuid.uuid5(CARD_NAMESPACE, f"{hook_instance}/order/{item_id}"))
+
+
 def _date(value: datetime | None) -> str:
     return value.date().isoformat() if value is not None else "date not recorded"
 
@@ -405,7 +411,7 @@ def workup_card(assessment: Assessment, kb: KnowledgeBase, hook_instance: uuid.U
                     Action(
                         type="create",
                         description=f"Propose {gap.label} (draft order)",
-                        resource=service_request(gap, patient_id),
+                        resource=service_request(gap, patient_id) | {"id": order_id(hook_instance, gap.item_id)},
                     )
                 ],
             )

@@ -223,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "feedback-report":
         try:
-            store = open_feedback_store(settings.feedback_database_url)
+            store = open_feedback_store(settings.feedback_database_url, read_only=True)
+            records = store.records()
         except StoreConfigError as error:
             print(f"calcinosis-cds: {error}", file=sys.stderr)
             return 2
-        report = feedback_report(store.records())
+        report = feedback_report(records)
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     try:

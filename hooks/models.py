@@ -43,24 +43,22 @@ class FhirAuthorization(SpecModel):
 
 
 class PatientViewContext(SpecModel):
-    """Context of `patient-view` (CDS Hooks Library 1.0.1)."""
+    """Context of `patient-view` (CDS Hooks Library 1.0.1).
+
+    Only `patientId` is checked for shape, because the service uses it (in prefetch queries and
+    the draft orders' subject). `userId` and `encounterId` are not used, so their shape is not a
+    reason to refuse a call: EHRs send `Device/...` users, and encounter ids of their own form.
+    """
 
     user_id: str = Field(alias="userId", min_length=1)
     patient_id: str = Field(alias="patientId")
     encounter_id: str | None = Field(default=None, alias="encounterId")
 
-    @field_validator("patient_id", "encounter_id")
+    @field_validator("patient_id")
     @classmethod
-    def _bare_id(cls, value: str | None) -> str | None:
-        if value is not None and not FHIR_ID.match(value):
+    def _bare_id(cls, value: str) -> str:
+        if not FHIR_ID.match(value):
             raise ValueError("must be a bare FHIR id such as '123', not 'Patient/123'")
-        return value
-
-    @field_validator("user_id")
-    @classmethod
-    def _user_reference(cls, value: str) -> str:
-        if not re.match(r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$", value):
-            raise ValueError("must be a relative reference such as 'Practitioner/123'")
         return value
 
 
@@ -73,6 +71,9 @@ class HookRequest(SpecModel):
     fhir_authorization: FhirAuthorization | None = Field(default=None, alias="fhirAuthorization")
     context: dict[str, Any]
     prefetch: dict[str, Any] | None = None
+    """Values are checked against the templates by `hooks.prefetch`, key by key: a key the service
+    did not request is ignored whatever it holds (the spec's own example sends `"user": "123"`),
+    and a requested key holding something unreadable is treated as not satisfied."""
     extension: dict[str, Any] | None = None
 
     @field_validator("fhir_server")
@@ -80,15 +81,6 @@ class HookRequest(SpecModel):
     def _absolute_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s/?#]+[^\s]*$", value):
             raise ValueError("must be an absolute http(s) URL")
-        return value
-
-    @field_validator("prefetch")
-    @classmethod
-    def _prefetch_values(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            for item in value.values():
-                if item is not None and not isinstance(item, dict):
-                    raise ValueError("every prefetch value must be a FHIR resource or null")
         return value
 
     @model_validator(mode="after")
@@ -209,6 +201,10 @@ class ServiceDescription(SpecModel):
     id: str
     prefetch: dict[str, str] | None = None
     usage_requirements: str | None = Field(default=None, alias="usageRequirements")
+    version: str | None = None
+    """The CDS Hooks specification version the service implements (3.0 puts it per service)."""
+    hook_version: str | None = Field(default=None, alias="hookVersion")
+    """The version of the hook's definition in the CDS Hooks Library (patient-view: 1.0)."""
     extension: dict[str, Any] | None = None
 
 
@@ -216,23 +212,39 @@ class Discovery(SpecModel):
     """`GET /cds-services`."""
 
     services: list[ServiceDescription]
-    version: str | None = None
 
 
 # ----- feedback ---------------------------------------------------------------------------------
 
 
+FEEDBACK_COMMENT_MAX = 2000
+"""Longest override comment stored (characters): a clinician's reason, not a document."""
+FEEDBACK_BATCH_MAX = 500
+"""Most entries in one feedback call: an EHR batching a day's outcomes of one clinic stays well
+under it, and one call cannot hold the store's write lock for long."""
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
 class AcceptedSuggestion(SpecModel):
     """A suggestion the clinician accepted, by its uuid."""
 
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=64)
+
+
+class FeedbackCoding(SpecModel):
+    """A coded override reason as the EHR sends it back: the spec's feedback allows a reason
+    without `system` (then the code is read as one of this service's own override reasons)."""
+
+    system: str | None = Field(default=None, max_length=256)
+    code: str = Field(min_length=1, max_length=128)
+    display: str | None = Field(default=None, max_length=FEEDBACK_COMMENT_MAX)
 
 
 class FeedbackOverrideReason(SpecModel):
     """Why a card was overridden: a coded reason and/or a comment (cds-fb-3)."""
 
-    reason: Coding | None = None
-    user_comment: str | None = Field(default=None, alias="userComment")
+    reason: FeedbackCoding | None = None
+    user_comment: str | None = Field(default=None, alias="userComment", max_length=FEEDBACK_COMMENT_MAX)
 
     @model_validator(mode="after")
     def _reason_or_comment(self) -> FeedbackOverrideReason:
@@ -244,16 +256,19 @@ class FeedbackOverrideReason(SpecModel):
 class FeedbackItem(SpecModel):
     """One feedback entry."""
 
-    card: str = Field(min_length=1)
+    card: str = Field(min_length=1, max_length=64)
     outcome: Literal["accepted", "overridden"]
-    accepted_suggestions: list[AcceptedSuggestion] | None = Field(default=None, alias="acceptedSuggestions")
+    accepted_suggestions: list[AcceptedSuggestion] | None = Field(
+        default=None, alias="acceptedSuggestions", max_length=100
+    )
     override_reason: FeedbackOverrideReason | None = Field(default=None, alias="overrideReason")
-    outcome_timestamp: str = Field(alias="outcomeTimestamp")
+    outcome_timestamp: str = Field(alias="outcomeTimestamp", max_length=64)
 
     @field_validator("outcome_timestamp")
     @classmethod
     def _rfc3339(cls, value: str) -> str:
-        if not re.match(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$", value):
+        # RFC 3339 section 5.6 lets "T" and "Z" be lowercase.
+        if not RFC3339.match(value):
             raise ValueError("must be an RFC 3339 timestamp such as 2026-11-01T12:00:00Z")
         return value
 
@@ -265,9 +280,16 @@ class FeedbackItem(SpecModel):
 
 
 class Feedback(SpecModel):
-    """`POST /cds-services/{id}/feedback`."""
+    """`POST /cds-services/{id}/feedback` as published (the OpenAPI document's request body)."""
 
-    feedback: list[FeedbackItem] = Field(min_length=1)
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=FEEDBACK_BATCH_MAX)
+
+
+class FeedbackBatch(SpecModel):
+    """The same body as the route reads it: the envelope first, then each entry on its own
+    (`FeedbackItem`), so that one bad entry does not cost the others their place."""
+
+    feedback: list[Any] = Field(min_length=1, max_length=FEEDBACK_BATCH_MAX)
 
 
 # ----- errors -----------------------------------------------------------------------------------

@@ -1,14 +1,22 @@
 """Prefetch templates and their resolution per CDS Hooks 2.0.1.
 
 For each template key:
-- present with a resource or Bundle: used, but filtered (only the resource type the key asked
-  for; the mapping also drops other patients' resources and codes it does not know), and a Bundle's
-  next link is followed on `fhirServer` because clients may page prefetch;
+- present with what the template asks for (the resource of a read, a searchset Bundle of a
+  search): used, but filtered (only the resource type the key asked for; the mapping also drops
+  other patients' resources and codes it does not know), and a Bundle's next link is followed on
+  `fhirServer` because clients may page prefetch;
 - present as `null`: "no data", not fetched again;
-- present as an OperationOutcome (or absent): fetched from `fhirServer` with the bearer token.
+- absent, an OperationOutcome, or anything that does not satisfy the template (a resource of
+  another type, a Bundle in the pre-1.0 `{response, resource}` wrapper, a string): not satisfied,
+  so fetched from `fhirServer` with the bearer token. Data the service could not read is never
+  taken as silence.
+Keys the service did not request are ignored, whatever they hold.
+
+When data cannot be completed (no usable `fhirServer` to fetch a missing or unreadable key, or to
+follow a paged prefetch; a fetch that failed), a required key is answered 412 (a SHALL of the
+spec), and an optional key is used as far as it goes and named in the cards as incomplete.
 All fetches of a request run concurrently under one deadline. When the conditions show no
 calcinosis, the other fetches are cancelled: the service will stay silent, so their data is moot.
-If required data cannot be obtained the request is answered 412.
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ from hooks.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class PrefetchKey:
-    """One prefetch template: its key, FHIR query, resource type and whether it is required."""
+    """One prefetch template: its key, FHIR query, resource type, whether it is required, and
+    what the data is called in a card that has to say it was incomplete."""
 
     key: str
     query: str
     resource_type: str
     required: bool
+    label: str = ""
 
     @property
     def is_read(self) -> bool:
@@ -59,25 +69,37 @@ def prefetch_keys(terminology: Terminology) -> tuple[PrefetchKey, ...]:
     (instance read, type search by patient reference, token equality with comma ORs)."""
     patient = "{{context.patientId}}"
     return (
-        PrefetchKey("patient", f"Patient/{patient}", "Patient", required=True),
-        PrefetchKey("conditions", f"Condition?patient={patient}", "Condition", required=True),
+        PrefetchKey("patient", f"Patient/{patient}", "Patient", required=True, label="patient record"),
+        PrefetchKey("conditions", f"Condition?patient={patient}", "Condition", required=True, label="problem list"),
         PrefetchKey(
             "observations",
             f"Observation?patient={patient}&code={','.join(observation_codes(terminology))}",
             "Observation",
             required=True,
+            label="laboratory results",
         ),
-        PrefetchKey("medicationRequests", f"MedicationRequest?patient={patient}", "MedicationRequest", required=False),
         PrefetchKey(
-            "medicationStatements", f"MedicationStatement?patient={patient}", "MedicationStatement", required=False
+            "medicationRequests",
+            f"MedicationRequest?patient={patient}",
+            "MedicationRequest",
+            required=False,
+            label="medication orders",
+        ),
+        PrefetchKey(
+            "medicationStatements",
+            f"MedicationStatement?patient={patient}",
+            "MedicationStatement",
+            required=False,
+            label="medication history",
         ),
         PrefetchKey(
             "medicationAdministrations",
             f"MedicationAdministration?patient={patient}",
             "MedicationAdministration",
             required=False,
+            label="medication administrations",
         ),
-        PrefetchKey("procedures", f"Procedure?patient={patient}", "Procedure", required=False),
+        PrefetchKey("procedures", f"Procedure?patient={patient}", "Procedure", required=False, label="procedures"),
     )
 
 
@@ -98,6 +120,8 @@ class ResolvedData:
     fhir_requests: int = 0
     notes: list[str] = field(default_factory=list)
     silent: bool = False
+    incomplete: dict[str, str] = field(default_factory=dict)
+    """Optional data used incompletely: the key's card label and why, in the clinician's words."""
 
 
 def _is_outcome(value: Any) -> bool:
@@ -107,6 +131,32 @@ def _is_outcome(value: Any) -> bool:
 def _bundle_is_outcome_only(value: dict[str, Any]) -> bool:
     entries = value.get("entry") or []
     return bool(entries) and all(isinstance(e, dict) and _is_outcome(e.get("resource")) for e in entries)
+
+
+def unreadable_reason(value: Any, spec: PrefetchKey) -> str | None:
+    """Why a prefetch value does not satisfy its template (None when it does). The reasons name
+    shapes only, never content: they go to logs and 412 diagnostics."""
+    if not isinstance(value, dict):
+        return "not a FHIR resource"
+    kind = value.get("resourceType")
+    if kind == "OperationOutcome":
+        return "an OperationOutcome (the EHR could not fetch it)"
+    if not isinstance(kind, str):
+        return "not a FHIR resource (no resourceType; the pre-1.0 {response, resource} wrapper?)"
+    if spec.is_read:
+        return None if kind == spec.resource_type else f"a {kind} where a {spec.resource_type} was requested"
+    if kind != "Bundle":
+        return f"a {kind} where a searchset Bundle was requested"
+    entries = value.get("entry", [])
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("resource"), dict) for e in entries
+    ):
+        return "a Bundle whose entries are not resources"
+    if _bundle_is_outcome_only(value):
+        return "a Bundle of OperationOutcomes (the EHR could not fetch it)"
+    return None
 
 
 def _of_type(resources: Iterable[Any], resource_type: str) -> list[dict[str, Any]]:
@@ -169,42 +219,44 @@ class PrefetchResolver:
             if present and value is None:
                 data.how[spec.key] = "null"
                 continue
-            usable = isinstance(value, dict) and not _is_outcome(value)
-            if (
-                isinstance(value, dict)
-                and usable
-                and value.get("resourceType") == "Bundle"
-                and _bundle_is_outcome_only(value)
-            ):
-                usable = False
-            if isinstance(value, dict) and usable:
+            problem = unreadable_reason(value, spec) if present else "missing"
+            if problem is None and isinstance(value, dict):
                 resources, next_url = self._from_prefetch(value, spec)
-                if next_url is not None and client is not None:
+                if next_url is None:
+                    data.resources.extend(resources)
+                    data.how[spec.key] = "prefetch"
+                elif client is not None:
                     to_fetch[spec.key] = self._continue_paging(client, value, spec)
                     data.how[spec.key] = "prefetch+paged"
                 else:
+                    self._incomplete(request, data, spec, "was sent in pages and only the first arrived")
                     data.resources.extend(resources)
-                    data.how[spec.key] = "prefetch"
-                    if next_url is not None:
-                        data.notes.append(f"{spec.key}: prefetch was paged and no fhirServer to follow it")
+                    data.how[spec.key] = "prefetch-first-page"
                 continue
             if present:
-                data.notes.append(f"{spec.key}: prefetch held an OperationOutcome")
-            if client is None:
-                if spec.required:
-                    why = (
-                        "the request's fhirServer is not a FHIR server trusted for this client"
-                        if request.fhir_server is not None and self.http is not None
-                        else "no fhirServer was given to fetch it"
-                    )
-                    raise DataUnobtainableError(f"prefetch '{spec.key}' is missing and {why}")
-                data.how[spec.key] = "unavailable"
-                continue
-            to_fetch[spec.key] = self._fetch(client, spec, patient_id)
+                data.notes.append(f"{spec.key}: prefetch held {problem}")
+            if client is not None:
+                to_fetch[spec.key] = self._fetch(client, spec, patient_id)
+            elif not present and not spec.required:
+                data.how[spec.key] = "unavailable"  # not sent, nothing to fetch it with: not requested data
+            else:
+                self._incomplete(request, data, spec, "is missing" if not present else f"could not be read ({problem})")
+                data.how[spec.key] = "unreadable"
         if to_fetch:
             assert client is not None
             await self._run(to_fetch, data, client)
         return data
+
+    def _incomplete(self, request: HookRequest, data: ResolvedData, spec: PrefetchKey, what: str) -> None:
+        """Data that cannot be completed: 412 for a required key, a card note for an optional one."""
+        if spec.required:
+            why = (
+                "the request's fhirServer is not a FHIR server trusted for this client"
+                if request.fhir_server is not None and self.http is not None
+                else "no fhirServer was given to fetch it"
+            )
+            raise DataUnobtainableError(f"prefetch '{spec.key}' {what} and {why}")
+        data.incomplete[spec.key] = f"{spec.label}: {'only part was sent' if 'pages' in what else 'could not be read'}"
 
     def _from_prefetch(self, value: dict[str, Any], spec: PrefetchKey) -> tuple[list[dict[str, Any]], str | None]:
         if value.get("resourceType") == "Bundle":
@@ -296,6 +348,7 @@ class PrefetchResolver:
                     )
                 data.how[key] = "timeout"
                 data.notes.append(f"{key}: not fetched before the deadline")
+                data.incomplete[key] = f"{self._label(key)}: not fetched in time"
                 continue
             error = task.exception()
             if error is None:
@@ -307,3 +360,7 @@ class PrefetchResolver:
                 raise DataUnobtainableError(f"fetching '{key}' from the FHIR server failed: {reason}")
             data.how[key] = "failed"
             data.notes.append(f"{key}: {reason}")
+            data.incomplete[key] = f"{self._label(key)}: could not be fetched"
+
+    def _label(self, key: str) -> str:
+        return next(spec.label for spec in self.keys if spec.key == key)

@@ -16,6 +16,7 @@ import httpx
 from calcinosis.knowledge_base import KnowledgeBase, default_knowledge
 from fhir_mapping.pipeline import assess_resources, documents_calcinosis, warm_up_validation
 from fhir_mapping.terminology import Terminology, load_terminology
+from hooks.card_ids import CardIds
 from hooks.cards import render_cards, warm_up_orders
 from hooks.models import HookRequest, HookResponse, PatientViewContext, ServiceDescription
 from hooks.outbound import OutboundPolicy
@@ -25,6 +26,7 @@ from hooks.settings import Settings
 SERVICE_ID = "calcinosis"
 HOOK = "patient-view"
 SPEC_VERSION = "2.0.1"
+HOOK_VERSION = "1.0"  # patient-view in the CDS Hooks Library 1.0.1
 
 
 class InvalidContextError(ValueError):
@@ -40,6 +42,17 @@ class Outcome:
     patient_id: str
 
 
+def note_incomplete_data(response: HookResponse, incomplete: list[str]) -> None:
+    """Say on the first card which optional data the assessment saw only in part: a suggestion
+    may be missing, or a cause unseen, because of it (the clinician should know, not guess)."""
+    if not incomplete or not response.cards:
+        return
+    card = response.cards[0]
+    lines = "\n".join(f"- {item}" for item in incomplete)
+    note = f"**Incomplete record**: this assessment did not see all of the patient's data.\n{lines}"
+    card.detail = f"{card.detail}\n\n{note}" if card.detail else note
+
+
 class CalcinosisService:
     """Holds what is loaded once (knowledge base, value sets, templates) and handles calls."""
 
@@ -50,6 +63,7 @@ class CalcinosisService:
         self.knowledge = knowledge or default_knowledge()
         self.terminology = terminology or load_terminology(settings.local_valuesets, settings.include_unconfirmed_codes)
         self.keys = prefetch_keys(self.terminology)
+        self.card_ids = CardIds(settings.card_id_key)
         warm_up_validation()
         warm_up_orders()
 
@@ -69,6 +83,8 @@ class CalcinosisService:
                 "Needs the patient's Conditions and calcium/phosphate-related Observations; medications and "
                 "procedures improve the assessment. Missing prefetch is fetched from fhirServer."
             ),
+            version=SPEC_VERSION,
+            hook_version=HOOK_VERSION,
         )
 
     def context(self, request: HookRequest) -> PatientViewContext:
@@ -100,13 +116,15 @@ class CalcinosisService:
         data = await resolver.resolve(request, context.patient_id)
         if data.silent:
             return Outcome(HookResponse(cards=[]), data, context.patient_id)
-        return Outcome(
-            self.respond(data.resources, context.patient_id, request.hook_instance, as_of), data, context.patient_id
-        )
+        response = self.respond(data.resources, context.patient_id, request.hook_instance, as_of)
+        note_incomplete_data(response, list(data.incomplete.values()))
+        return Outcome(response, data, context.patient_id)
 
     def respond(
         self, resources: list[dict[str, Any]], patient_id: str, hook_instance: uuid.UUID, as_of: datetime | None = None
     ) -> HookResponse:
         """Cards for resources already in hand (also used by `evaluate` on a Bundle)."""
         result = assess_resources(resources, as_of or datetime.now(UTC), patient_id, self.terminology, self.knowledge)
-        return HookResponse(cards=render_cards(result.assessment, self.knowledge, hook_instance, patient_id))
+        cards = render_cards(result.assessment, self.knowledge, hook_instance, patient_id)
+        self.card_ids.sign_cards(cards)
+        return HookResponse(cards=cards)

@@ -9,6 +9,10 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+MAX_BODY_BYTES_DEFAULT = 32 * 1024 * 1024
+"""32 MiB: a 20-year dialysis history sent as prefetch (~30,000 Observations, ~28 MB) fits; the
+deployment's ingress annotation (`proxy-body-size: 32m`) matches it, and a test checks that."""
+
 
 class Settings(BaseSettings):
     """Service settings. Defaults suit a single local instance."""
@@ -44,7 +48,17 @@ class Settings(BaseSettings):
         description="Where feedback is kept: sqlite:///relative.db, sqlite:////absolute.db, postgresql://..., or memory://.",
     )
     max_body_bytes: int = Field(
-        default=10_000_000, ge=100_000, le=200_000_000, description="Largest request body accepted (413 above)."
+        default=MAX_BODY_BYTES_DEFAULT,
+        ge=100_000,
+        le=200_000_000,
+        description="Largest request body accepted (413 above); the default admits ~34,000 Observations.",
+    )
+    card_id_key: str | None = Field(
+        default=None,
+        min_length=32,
+        description="Secret key of the MAC in card ids (feedback is stored only for cards this service issued); "
+        "the same on every replica. Unset: a random key per process.",
+        repr=False,
     )
     auth_disabled: bool = Field(
         default=False,

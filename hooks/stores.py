@@ -3,10 +3,13 @@
 - Feedback (card outcomes, accepted suggestions, override reasons): `memory://` (tests),
   `sqlite:///path/to/feedback.db` (default, one instance), `postgresql://...` (several replicas).
 
-Feedback entries are stored once per (service, card, outcome): the spec allows a client to send
-the same feedback again, and a database unique key makes that idempotent across replicas too.
-Nothing stored identifies a patient: card and suggestion ids are random-looking UUIDs, and the
-only free text is the clinician's override comment.
+Feedback is stored one row per card outcome and accepted suggestion: the spec lets a client post
+feedback for a card several times, and the CDS Hooks sandbox posts once per accepted suggestion, so
+a clinician who orders 3 of 7 workup items is 3 rows. A database unique key on (service, card,
+outcome, suggestion) makes a repeated post idempotent across replicas too. Only cards this service
+issued are stored (their ids carry a MAC: `hooks.card_ids`), so nothing stored identifies a
+patient: ids are random-looking UUIDs, and the only free text is the clinician's override comment
+(capped in length).
 """
 
 from __future__ import annotations
@@ -22,45 +25,55 @@ from urllib.parse import urlsplit
 
 from hooks.models import FeedbackItem
 
-TOPIC_CODES = {"01": "subtype", "02": "workup", "03": "differentials"}
-
-
-def topic_of(card_uuid: str) -> str:
-    """The card topic encoded in the last two hex digits of our card uuids (see hooks.cards)."""
-    return TOPIC_CODES.get(card_uuid[-2:].lower(), "unknown")
+NO_REASON = "(no reason given)"
+COMMENT_ONLY = "(comment only)"
 
 
 @dataclass(frozen=True, slots=True)
 class FeedbackRecord:
-    """One stored outcome."""
+    """One stored outcome: a card overridden, or one suggestion of a card accepted.
+
+    `topic` is the card's topic, read from its verified id when the feedback arrived;
+    `suggestion` is empty for an override. `override_system` is empty when the EHR sent a reason
+    code without a system (read as one of this service's own override reasons).
+    """
 
     service_id: str
     card: str
+    topic: str
     outcome: str
-    accepted_suggestions: tuple[str, ...]
+    suggestion: str
+    override_system: str | None
     override_code: str | None
     override_comment: str | None
     outcome_timestamp: str
 
 
-def _record(service_id: str, item: FeedbackItem) -> FeedbackRecord:
+def feedback_records(service_id: str, item: FeedbackItem, topic: str) -> list[FeedbackRecord]:
+    """The rows one verified feedback entry makes: one per accepted suggestion, or one override."""
     reason = item.override_reason
-    return FeedbackRecord(
-        service_id=service_id,
-        card=item.card,
-        outcome=item.outcome,
-        accepted_suggestions=tuple(s.id for s in item.accepted_suggestions or ()),
-        override_code=reason.reason.code if reason and reason.reason else None,
-        override_comment=reason.user_comment if reason else None,
-        outcome_timestamp=item.outcome_timestamp,
-    )
+    coded = reason.reason if reason else None
+    common = {
+        "service_id": service_id,
+        "card": item.card.lower(),
+        "topic": topic,
+        "outcome": item.outcome,
+        "override_system": (coded.system or "") if coded else None,
+        "override_code": coded.code if coded else None,
+        "override_comment": reason.user_comment if reason else None,
+        "outcome_timestamp": item.outcome_timestamp,
+    }
+    if item.outcome == "accepted":
+        suggestions = dict.fromkeys(s.id.lower() for s in item.accepted_suggestions or ())
+        return [FeedbackRecord(suggestion=s, **common) for s in suggestions]  # type: ignore[arg-type]
+    return [FeedbackRecord(suggestion="", **common)]  # type: ignore[arg-type]
 
 
 class FeedbackStore(Protocol):
     """Where feedback goes. Methods are synchronous; the app calls them in a worker thread."""
 
-    def add(self, service_id: str, items: list[FeedbackItem]) -> int:
-        """Store new entries; return how many were new."""
+    def add(self, records: list[FeedbackRecord]) -> int:
+        """Store new rows (in one transaction); return how many were new."""
         ...
 
     def records(self) -> list[FeedbackRecord]:
@@ -72,20 +85,23 @@ class FeedbackStore(Protocol):
         ...
 
 
+def _key(record: FeedbackRecord) -> tuple[str, str, str, str]:
+    return (record.service_id, record.card, record.outcome, record.suggestion)
+
+
 class MemoryFeedbackStore:
     """In-process store for tests and throwaway runs."""
 
     def __init__(self) -> None:
-        self._records: dict[tuple[str, str, str], FeedbackRecord] = {}
+        self._records: dict[tuple[str, str, str, str], FeedbackRecord] = {}
         self._lock = threading.Lock()
 
-    def add(self, service_id: str, items: list[FeedbackItem]) -> int:
+    def add(self, records: list[FeedbackRecord]) -> int:
         new = 0
         with self._lock:
-            for item in items:
-                key = (service_id, item.card, item.outcome)
-                if key not in self._records:
-                    self._records[key] = _record(service_id, item)
+            for record in records:
+                if _key(record) not in self._records:
+                    self._records[_key(record)] = record
                     new += 1
         return new
 
@@ -97,18 +113,25 @@ class MemoryFeedbackStore:
         return True
 
 
-_COLUMNS = "service_id, card, outcome, accepted_suggestions, override_code, override_comment, outcome_timestamp"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS card_feedback (
+TABLE = "card_outcome"
+LEGACY_TABLE = "card_feedback"
+_COLUMNS = (
+    "service_id, card, topic, outcome, suggestion, override_system, override_code, override_comment, "
+    "outcome_timestamp"
+)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
     service_id TEXT NOT NULL,
     card TEXT NOT NULL,
+    topic TEXT NOT NULL,
     outcome TEXT NOT NULL,
-    accepted_suggestions TEXT NOT NULL,
+    suggestion TEXT NOT NULL,
+    override_system TEXT,
     override_code TEXT,
     override_comment TEXT,
     outcome_timestamp TEXT NOT NULL,
     received_at DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (service_id, card, outcome)
+    PRIMARY KEY (service_id, card, outcome, suggestion)
 )
 """
 
@@ -117,8 +140,10 @@ def _row(record: FeedbackRecord) -> tuple[Any, ...]:
     return (
         record.service_id,
         record.card,
+        record.topic,
         record.outcome,
-        " ".join(record.accepted_suggestions),
+        record.suggestion,
+        record.override_system,
         record.override_code,
         record.override_comment,
         record.outcome_timestamp,
@@ -127,33 +152,87 @@ def _row(record: FeedbackRecord) -> tuple[Any, ...]:
 
 
 def _from_row(row: tuple[Any, ...]) -> FeedbackRecord:
-    return FeedbackRecord(row[0], row[1], row[2], tuple(str(row[3]).split()), row[4], row[5], row[6])
+    return FeedbackRecord(*(row[:9]))
+
+
+def _legacy_records(rows: list[tuple[Any, ...]]) -> list[FeedbackRecord]:
+    """Rows of the first schema (one per card and outcome, suggestions space-separated), split
+    one per suggestion. Their card ids carry no MAC, so their topic is `unverified`."""
+    records: list[FeedbackRecord] = []
+    for service_id, card, outcome, suggestions, code, comment, timestamp in rows:
+        common = (service_id, card, "unverified", outcome)
+        rest = (None if code is None else "", code, comment, timestamp)
+        if outcome == "accepted":
+            records += [FeedbackRecord(*common, s, *rest) for s in str(suggestions).split()]
+        else:
+            records.append(FeedbackRecord(*common, "", *rest))
+    return records
+
+
+_LEGACY_SELECT = (
+    f"SELECT service_id, card, outcome, accepted_suggestions, override_code, override_comment, outcome_timestamp "
+    f"FROM {LEGACY_TABLE}"
+)
 
 
 class SqliteFeedbackStore:
     """A SQLite file: the embedded default for a single instance."""
 
-    def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        if read_only:
+            if path == ":memory:" or not Path(path).is_file():
+                raise StoreConfigError(f"no feedback database at {Path(path).resolve()}")
+            self._connection = sqlite3.connect(
+                Path(path).resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False
+            )
+        else:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        if read_only:
+            return
         with self._lock:
             self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute(_SCHEMA)
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._connection.execute(_SCHEMA)
+                legacy = self._connection.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LEGACY_TABLE,)
+                ).fetchone()
+                if legacy:
+                    rows = self._connection.execute(_LEGACY_SELECT).fetchall()
+                    self._insert([_row(r) for r in _legacy_records(rows)])
+                    self._connection.execute(f"ALTER TABLE {LEGACY_TABLE} RENAME TO {LEGACY_TABLE}_migrated")
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
 
-    def add(self, service_id: str, items: list[FeedbackItem]) -> int:
-        rows = [_row(_record(service_id, item)) for item in items]
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        self._connection.executemany(
+            f"INSERT OR IGNORE INTO {TABLE} ({_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
+
+    def add(self, records: list[FeedbackRecord]) -> int:
+        rows = [_row(record) for record in records]
         with self._lock:
             before = self._connection.total_changes
-            self._connection.executemany(
-                f"INSERT OR IGNORE INTO card_feedback ({_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
+            self._connection.execute("BEGIN IMMEDIATE")  # one transaction: one lock, one fsync
+            try:
+                self._insert(rows)
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
             return self._connection.total_changes - before
 
     def records(self) -> list[FeedbackRecord]:
         with self._lock:
-            rows = self._connection.execute(f"SELECT {_COLUMNS} FROM card_feedback ORDER BY received_at").fetchall()
+            try:
+                rows = self._connection.execute(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY received_at").fetchall()
+            except sqlite3.OperationalError as error:  # read-only on a database of another schema
+                raise StoreConfigError(f"the feedback database has no {TABLE} table") from error
         return [_from_row(tuple(row)) for row in rows]
 
     def ping(self) -> bool:
@@ -168,32 +247,49 @@ class SqliteFeedbackStore:
 class PostgresFeedbackStore:
     """PostgreSQL, shared by several replicas (psycopg 3, one connection per call)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, read_only: bool = False) -> None:
         import psycopg
 
         self._psycopg = psycopg
         self._dsn = dsn
-        with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as connection:
+        if read_only:
+            return
+        with psycopg.connect(dsn, connect_timeout=5) as connection, connection.transaction():
+            # Replicas starting together create (and migrate) the schema one at a time.
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext('calcinosis-cds feedback schema'))")
             connection.execute(_SCHEMA)
+            legacy = connection.execute("SELECT to_regclass(%s)", (LEGACY_TABLE,)).fetchone()
+            if legacy and legacy[0] is not None:
+                rows = connection.execute(_LEGACY_SELECT).fetchall()
+                self._insert(connection, [_row(r) for r in _legacy_records(rows)])
+                connection.execute(f"ALTER TABLE {LEGACY_TABLE} RENAME TO {LEGACY_TABLE}_migrated")
 
     def _connect(self) -> Any:
         return self._psycopg.connect(self._dsn, connect_timeout=5, autocommit=True)
 
-    def add(self, service_id: str, items: list[FeedbackItem]) -> int:
+    @staticmethod
+    def _insert(connection: Any, rows: list[tuple[Any, ...]]) -> int:
         new = 0
-        with self._connect() as connection:
-            for item in items:
-                cursor = connection.execute(
-                    f"INSERT INTO card_feedback ({_COLUMNS}, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (service_id, card, outcome) DO NOTHING",
-                    _row(_record(service_id, item)),
+        with connection.cursor() as cursor:
+            for row in rows:
+                cursor.execute(
+                    f"INSERT INTO {TABLE} ({_COLUMNS}, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (service_id, card, outcome, suggestion) DO NOTHING",
+                    row,
                 )
                 new += cursor.rowcount
         return new
 
+    def add(self, records: list[FeedbackRecord]) -> int:
+        with self._connect() as connection, connection.transaction():
+            return self._insert(connection, [_row(record) for record in records])
+
     def records(self) -> list[FeedbackRecord]:
         with self._connect() as connection:
-            rows = connection.execute(f"SELECT {_COLUMNS} FROM card_feedback ORDER BY received_at").fetchall()
+            try:
+                rows = connection.execute(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY received_at").fetchall()
+            except self._psycopg.errors.UndefinedTable as error:
+                raise StoreConfigError(f"the feedback database has no {TABLE} table") from error
         return [_from_row(tuple(row)) for row in rows]
 
     def ping(self) -> bool:
@@ -209,8 +305,9 @@ class StoreConfigError(ValueError):
     """A store URL that cannot be used (stops start-up with this message)."""
 
 
-def open_feedback_store(url: str) -> FeedbackStore:
-    """The feedback store a URL names."""
+def open_feedback_store(url: str, read_only: bool = False) -> FeedbackStore:
+    """The feedback store a URL names. `read_only` (the report) creates nothing: a database that
+    is not there is an error, not a new empty one."""
     scheme = urlsplit(url).scheme
     if url == "memory://":
         return MemoryFeedbackStore()
@@ -219,29 +316,45 @@ def open_feedback_store(url: str) -> FeedbackStore:
         path = url.removeprefix("sqlite://")
         if not path.startswith("/") or len(path) < 2:
             raise StoreConfigError("feedback database URL: use sqlite:////absolute/path.db or sqlite:///relative.db")
-        return SqliteFeedbackStore(path[1:])
+        return SqliteFeedbackStore(path[1:], read_only)
     if scheme in ("postgresql", "postgres"):
         try:
-            return PostgresFeedbackStore(url)
+            return PostgresFeedbackStore(url, read_only)
         except Exception as error:  # connection errors differ by driver version
             raise StoreConfigError(f"feedback database unreachable ({type(error).__name__})") from error
     raise StoreConfigError(f"feedback database URL scheme '{scheme}' is not supported (memory, sqlite, postgresql)")
 
 
+def _reason_label(record: FeedbackRecord) -> str:
+    """How an override reason is counted: by code within its system (a code means different
+    things in different systems); a comment alone, or nothing, named as such."""
+    if record.override_code is not None:
+        system = record.override_system or "(no system)"
+        return f"{system}|{record.override_code}"
+    return COMMENT_ONLY if record.override_comment else NO_REASON
+
+
 def feedback_report(records: list[FeedbackRecord]) -> dict[str, Any]:
-    """Acceptance rate per card topic and the most common override reasons (read-only)."""
-    by_topic: dict[str, Counter[str]] = {}
+    """Per card topic: cards accepted (at least one suggestion), suggestions accepted, cards
+    overridden and the acceptance rate over cards; and the most common override reasons."""
+    accepted: dict[str, set[str]] = {}
+    suggestions: Counter[str] = Counter()
+    overridden: dict[str, set[str]] = {}
     reasons: Counter[str] = Counter()
     for record in records:
-        by_topic.setdefault(topic_of(record.card), Counter())[record.outcome] += 1
-        if record.outcome == "overridden":
-            reasons[record.override_code or "(comment only)"] += 1
-    topics = {
-        topic: {
-            "accepted": counts["accepted"],
-            "overridden": counts["overridden"],
-            "acceptanceRate": round(counts["accepted"] / (counts["accepted"] + counts["overridden"]), 3),
+        if record.outcome == "accepted":
+            accepted.setdefault(record.topic, set()).add(record.card)
+            suggestions[record.topic] += 1
+        else:
+            overridden.setdefault(record.topic, set()).add(record.card)
+            reasons[_reason_label(record)] += 1
+    topics = {}
+    for topic in sorted(set(accepted) | set(overridden)):
+        cards_accepted, cards_overridden = len(accepted.get(topic, ())), len(overridden.get(topic, ()))
+        topics[topic] = {
+            "accepted": cards_accepted,
+            "acceptedSuggestions": suggestions[topic],
+            "overridden": cards_overridden,
+            "acceptanceRate": round(cards_accepted / (cards_accepted + cards_overridden), 3),
         }
-        for topic, counts in sorted(by_topic.items())
-    }
     return {"topics": topics, "topOverrideReasons": [{"reason": r, "count": n} for r, n in reasons.most_common(5)]}

@@ -60,7 +60,7 @@ def test_discovery_lists_the_service_with_prefetch_inside_the_spec_subset(app: A
     no_empty_values(body)
     (service,) = body["services"]
     assert service["id"] == "calcinosis" and service["hook"] == "patient-view"
-    assert body["version"] == "2.0.1"
+    assert service["version"] == "2.0.1" and service["hookVersion"] == "1.0"
     assert set(service["prefetch"]) >= {"patient", "conditions", "observations", "medicationRequests"}
     for template in service["prefetch"].values():
         tokens = re.findall(r"\{\{[^}]*\}\}", template)
@@ -237,7 +237,6 @@ def _bad(
             "fhirServer",
         ),
         (lambda r: r.update(fhirServer="not a url"), "fhirServer"),
-        (lambda r: r.update(prefetch={"patient": "Patient/1"}), "prefetch"),
         (lambda r: r.pop("context"), "context"),
     ],
 )
@@ -263,10 +262,12 @@ def test_invalid_json_wrong_type_and_unknown_service(app: Any) -> None:
 
 def test_feedback_is_validated_and_idempotent() -> None:
     app = make_app()
+    cards = cards_of(post(app, "/cds-services/calcinosis", hook_request(metastatic_chart())))
+    workup = next(c for c in cards if c["source"]["topic"]["code"] == "workup")
     item = {
-        "card": "f4d1b2c0-0000-4000-8000-000000000001",
+        "card": workup["uuid"],
         "outcome": "accepted",
-        "acceptedSuggestions": [{"id": "s-1"}],
+        "acceptedSuggestions": [{"id": workup["suggestions"][0]["uuid"]}],
         "outcomeTimestamp": "2026-11-01T12:00:00Z",
     }
     first = post(app, "/cds-services/calcinosis/feedback", {"feedback": [item]})

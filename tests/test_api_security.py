@@ -68,7 +68,7 @@ def test_every_endpoint_requires_a_valid_token(key: ec.EllipticCurvePrivateKey) 
     body = {
         "feedback": [
             {
-                "card": "c-1",
+                "card": ok.json()["cards"][0]["uuid"],
                 "outcome": "overridden",
                 "overrideReason": {"userComment": "known"},
                 "outcomeTimestamp": "2026-11-01T12:00:00Z",
