@@ -9,6 +9,7 @@ is an OperationOutcome naming fields only; nothing from the request body is echo
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -20,25 +21,32 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 from fastapi import Depends, FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from hooks.audit import audit_hook_call
-from hooks.auth import AuthError, VerifiedToken
+from hooks.auth import AuthError, ReplayCacheUnavailableError, VerifiedToken
 from hooks.auth.authenticator import INSECURE_WARNING, Authenticator
 from hooks.auth.web import Caller, authenticated
 from hooks.card_ids import CardIds
 from hooks.logs import protect_logs
 from hooks.metrics import CARDS, LATENCY, REGISTRY, REQUESTS
 from hooks.models import Discovery, Feedback, FeedbackBatch, FeedbackItem, HookRequest, operation_outcome
+from hooks.overload import Admission, LoadShedder
 from hooks.prefetch import DataUnobtainableError
 from hooks.service import HOOK, SERVICE_ID, CalcinosisService, InvalidContextError
 from hooks.settings import Settings
-from hooks.stores import FeedbackRecord, feedback_records, open_feedback_store
+from hooks.stores import (
+    FeedbackRecord,
+    GuardedFeedbackStore,
+    StoreUnavailableError,
+    feedback_records,
+    open_feedback_store,
+)
 from hooks.wire import decode_hook_request
 
 log = logging.getLogger("calcinosis_cds")
@@ -56,16 +64,22 @@ class ORJSONResponse(JSONResponse):
 class ApiError(Exception):
     """An answer other than 200, carried to the handler that renders the OperationOutcome."""
 
-    def __init__(self, status: int, code: str, diagnostics: str) -> None:
+    def __init__(self, status: int, code: str, diagnostics: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(diagnostics)
         self.status = status
         self.code = code
         self.diagnostics = diagnostics
+        self.headers = headers or {}
 
 
-def problem(status: int, code: str, diagnostics: str) -> ORJSONResponse:
+CLIENT_CLOSED = 499
+"""Status logged and audited when the client went away before its request was read (nginx's
+convention); nothing is sent, there is no one to send it to."""
+
+
+def problem(status: int, code: str, diagnostics: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
     """An OperationOutcome response."""
-    return ORJSONResponse(operation_outcome(code, diagnostics), status_code=status)
+    return ORJSONResponse(operation_outcome(code, diagnostics), status_code=status, headers=headers)
 
 
 def _field_errors(error: ValidationError) -> str:
@@ -77,9 +91,12 @@ def _field_errors(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def read_json(request: Request, max_bytes: int, decode: Callable[[bytes], Any] = orjson.loads) -> Any:
-    """The request body as JSON, or an ApiError (415 wrong type, 413 too large, 400 not JSON).
-    `decode` is `orjson.loads` or a decoder that raises as it does (`hooks.wire`)."""
+async def read_json(
+    request: Request, max_bytes: int, decode: Callable[[bytes], Any] = orjson.loads, timeout: float | None = None
+) -> Any:
+    """The request body as JSON, or an ApiError (415 wrong type, 413 too large, 400 not JSON, 408
+    not received within `timeout` seconds, 499 the client went away). `decode` is `orjson.loads`
+    or a decoder that raises as it does (`hooks.wire`)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "application/fhir+json") and not content_type.endswith("+json"):
         raise ApiError(415, "not-supported", "Content-Type must be application/json")
@@ -88,13 +105,19 @@ async def read_json(request: Request, max_bytes: int, decode: Callable[[bytes], 
         raise ApiError(413, "too-costly", "request body is too large")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        if not chunk:
-            continue  # the closing empty chunk: no copy of a body that came in one piece
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "too-costly", "request body is too large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                if not chunk:
+                    continue  # the closing empty chunk: no copy of a body that came in one piece
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ApiError(413, "too-costly", "request body is too large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "timeout", "request body not received in time", {"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise ApiError(CLIENT_CLOSED, "incomplete", "client closed the connection") from None
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if body.startswith(UTF8_BOM):
         body = body[len(UTF8_BOM) :]  # some Windows-built clients send one; JSON parsers refuse it
@@ -158,12 +181,12 @@ async def hook_caller(request: Request, service_id: str) -> VerifiedToken | None
     """The service call's authentication: as every route's, and a refused call is audited."""
     try:
         return await authenticated(request)
-    except AuthError:
+    except (AuthError, ReplayCacheUnavailableError) as error:
         audit_hook_call(
             service_id=SERVICE_ID,
             hook=HOOK,
             hook_instance=None,
-            status=401,
+            status=401 if isinstance(error, AuthError) else 503,
             verified=None,
             client_address=request.client.host if request.client else None,
         )
@@ -179,8 +202,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     protect_logs()
     service = CalcinosisService(settings)
-    feedback = open_feedback_store(settings.feedback_database_url)
+    feedback = open_feedback_store(settings.feedback_database_url, pool_size=settings.feedback_pool_size)
+    guarded_feedback = GuardedFeedbackStore(
+        feedback, slots=settings.feedback_pool_size, timeout=settings.feedback_timeout_seconds
+    )
     authenticator = Authenticator(settings)
+    retry_after = {"Retry-After": str(settings.retry_after_seconds)}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -196,19 +223,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
             gc.set_threshold(100_000, 20, 100)
-            yield
+            # The feedback store is prepared in the background (retried with back-off, the cause
+            # logged): the hook call does not need it, so its outage must not stop the start.
+            preparing = asyncio.create_task(guarded_feedback.prepare())
+            try:
+                yield
+            finally:
+                preparing.cancel()
+                guarded_feedback.close()
 
     # redirect_slashes=False: Starlette would answer `POST /cds-services/calcinosis/` with a 307 to
     # a Location built from the Host header (an unauthenticated redirect to any host); 404 instead.
+    docs = settings.api_docs  # off unless enabled: they describe the API to anyone who asks
     app = FastAPI(
         title="calcinosis-cds",
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
         redirect_slashes=False,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.service = service
     app.state.feedback = feedback
+    app.state.guarded_feedback = guarded_feedback
     app.state.http = None
     app.state.authenticator = authenticator
     app.state.openapi_schemas = {}
@@ -227,9 +266,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
+    @app.exception_handler(ReplayCacheUnavailableError)
+    async def _replay_unavailable(request: Request, error: ReplayCacheUnavailableError) -> Response:
+        # Fail closed: a token whose jti cannot be checked is not accepted, but it may be fine,
+        # so the answer is "try again", not 401.
+        log.warning("replay cache unavailable path=%s reason=%s", request.url.path, error)
+        return problem(503, "transient", "service temporarily unavailable", retry_after)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> Response:
-        response = problem(error.status, error.code, error.diagnostics)
+        response = problem(error.status, error.code, error.diagnostics, error.headers)
         if error.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
@@ -266,7 +312,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             if service_id != SERVICE_ID:
                 raise ApiError(404, "not-found", "no such CDS service")
-            hook_request = validate(HookRequest, await read_json(request, settings.max_body_bytes, decode_hook_request))
+            hook_request = validate(
+                HookRequest,
+                await read_json(request, settings.max_body_bytes, decode_hook_request, settings.body_timeout_seconds),
+            )
             hook_instance = str(hook_request.hook_instance)
             policy = authenticator.outbound_policy(verified)
             if hook_request.fhir_server is not None and not policy.allows(hook_request.fhir_server):
@@ -321,14 +370,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def receive_feedback(service_id: str, request: Request, caller: Caller) -> Response:
         if service_id != SERVICE_ID:
             raise ApiError(404, "not-found", "no such CDS service")
-        batch = validate(FeedbackBatch, await read_json(request, settings.max_body_bytes))
+        batch = validate(
+            FeedbackBatch, await read_json(request, settings.max_body_bytes, timeout=settings.body_timeout_seconds)
+        )
         records, rejected = verified_feedback(service_id, batch.feedback, service.card_ids)
         if not records:
             raise ApiError(400, "invalid", "; ".join(f"feedback.{i}: {why}" for i, why in rejected[:10]))
-        new = await run_in_threadpool(feedback.add, records)
-        log.info(
-            "feedback service=%s items=%d rejected=%d new=%d", service_id, len(batch.feedback), len(rejected), new
-        )
+        try:
+            new = await guarded_feedback.add(records)
+        except StoreUnavailableError as error:
+            # Nothing is answered 200 unless it is committed: during an outage the client is told
+            # to send it again (CDS clients retry feedback), and idempotency makes that safe.
+            log.warning("feedback not stored service=%s items=%d reason=%s", service_id, len(batch.feedback), error)
+            raise ApiError(503, "transient", "feedback store unavailable; send it again later", retry_after) from error
+        log.info("feedback service=%s items=%d rejected=%d new=%d", service_id, len(batch.feedback), len(rejected), new)
         answer: dict[str, Any] = {"received": len(batch.feedback), "new": new}
         if rejected:
             answer["rejected"] = [{"index": i, "reason": why} for i, why in rejected]
@@ -341,18 +396,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        """Ready for traffic: knowledge base and value sets loaded (they load in create_app, so
-        a process that got here has them) and the stores reachable."""
-        checks: dict[str, Any] = {
-            "knowledgeBase": service.knowledge.version,
-            "feedbackStore": await run_in_threadpool(feedback.ping),
-        }
+        """Ready for hook calls: only what a hook call needs. The knowledge base and value sets
+        (loaded in create_app, so a process that got here has them) and, with authentication on,
+        a reachable replay cache (a ping bounded by its time-out). The feedback store is reported,
+        from its last call (no I/O, so a hung database cannot stall the probe), but does not make
+        the service unready: cards keep flowing while feedback answers 503."""
+        checks: dict[str, Any] = {"knowledgeBase": service.knowledge.version}
         ping = getattr(authenticator.replay, "ping", None)
-        if ping is not None:
+        if ping is not None and not authenticator.disabled:
             checks["replayCache"] = await ping()
         ready = all(bool(v) for v in checks.values())
+        healthy = guarded_feedback.healthy
+        feedback_state = "unknown" if healthy is None else "ok" if healthy else "unavailable"
         return ORJSONResponse(
-            {"status": "ready" if ready else "not-ready", "checks": checks}, status_code=200 if ready else 503
+            {"status": "ready" if ready else "not-ready", "checks": checks, "feedbackStore": feedback_state},
+            status_code=200 if ready else 503,
         )
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -384,4 +442,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    # Outermost, so a request beyond the limit costs nothing but its 503.
+    admission = Admission(limit=settings.max_concurrent_requests)
+    app.state.admission = admission
+    app.add_middleware(LoadShedder, admission=admission, retry_after_seconds=settings.retry_after_seconds)
     return app

@@ -29,11 +29,12 @@ from fhir_mapping.mapping import bundle_resources
 from hooks.logs import protect_logs
 from hooks.models import HookRequest
 from hooks.outbound import OutboundPolicy
+from hooks.overload import GuardedHttpToolsProtocol
 from hooks.prefetch import DataUnobtainableError
 from hooks.sandbox_data import ANCHOR, ScenarioError, bundle_anchor, load_scenarios, shift_dates
 from hooks.service import CalcinosisService, InvalidContextError
 from hooks.settings import Settings
-from hooks.stores import StoreConfigError, feedback_report, open_feedback_store
+from hooks.stores import StoreConfigError, StoreUnavailableError, feedback_report, open_feedback_store
 
 
 class UsageError(Exception):
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port if args.port is not None else settings.port,
             workers=args.workers or settings.workers,
             log_level=settings.log_level.lower(),
+            http=GuardedHttpToolsProtocol,  # closes connections that never finish a header
         )
         return 0
     if args.command in ("check", "sandbox"):
@@ -222,12 +224,20 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "feedback-report":
+        store = None
         try:
             store = open_feedback_store(settings.feedback_database_url, read_only=True)
             records = store.records()
         except StoreConfigError as error:
             print(f"calcinosis-cds: {error}", file=sys.stderr)
             return 2
+        except StoreUnavailableError as error:
+            print(f"calcinosis-cds: {error}", file=sys.stderr)
+            return 1
+        finally:
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
         report = feedback_report(records)
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0

@@ -34,3 +34,6 @@ CARDS = Counter(
     "calcinosis_cards_total", "Cards returned by topic and indicator", ["topic", "indicator"], registry=REGISTRY
 )
 AUTH_FAILURES = Counter("calcinosis_auth_failures_total", "Rejected tokens by reason", ["reason"], registry=REGISTRY)
+SHED = Counter(
+    "calcinosis_shed_requests_total", "Requests answered 503 because the worker was at its limit", registry=REGISTRY
+)

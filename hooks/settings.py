@@ -80,6 +80,33 @@ class Settings(BaseSettings):
         description="With auth disabled: FHIR base URLs the service may call (loopback addresses are always allowed).",
     )
     log_level: str = Field(default="INFO", description="Python log level.")
+    max_concurrent_requests: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="Requests one worker handles at once; beyond, 503 with Retry-After (health checks exempt).",
+    )
+    retry_after_seconds: int = Field(
+        default=2, ge=1, le=3600, description="Retry-After of a 503 (overload, store or replay cache unavailable)."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="A connection that has not sent a whole request header by then is closed."
+    )
+    body_timeout_seconds: float = Field(
+        default=15.0, gt=0, le=600, description="A request body not received in full by then is answered 408."
+    )
+    feedback_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="Longest wait for the feedback store per call (then 503)."
+    )
+    feedback_pool_size: int = Field(
+        default=4, ge=1, le=100, description="Connections (and threads) for the feedback store per worker."
+    )
+    replay_cache_timeout_seconds: float = Field(
+        default=1.0, gt=0, le=30, description="Longest wait for the Redis replay cache per token (then 503)."
+    )
+    api_docs: bool = Field(
+        default=False, description="Serve /docs, /redoc and /openapi.json (off: they answer 404)."
+    )
 
     @field_validator("cors_origins", "local_fhir_servers", mode="before")
     @classmethod
@@ -103,6 +130,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "authentication is on: set CALCINOSIS_TRUSTED_CLIENTS and CALCINOSIS_PUBLIC_BASE_URL, "
                 "or CALCINOSIS_AUTH_DISABLED=true for local use only"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _replay_shared_between_workers(self) -> Settings:
+        # Each worker process keeps its own in-memory cache: a token replayed to another worker
+        # would be accepted. With more than one worker the cache must be shared.
+        if not self.auth_disabled and self.workers > 1 and self.replay_cache_url == "memory://":
+            raise ValueError(
+                "authentication is on with more than one worker: set CALCINOSIS_REPLAY_CACHE_URL to a "
+                "redis:// URL (shared by the workers), or run one worker per process"
             )
         return self
 

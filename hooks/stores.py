@@ -14,6 +14,7 @@ patient: ids are random-looking UUIDs, and the only free text is the clinician's
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -24,6 +25,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from hooks.models import FeedbackItem
+
+log = logging.getLogger("calcinosis_cds.stores")
 
 NO_REASON = "(no reason given)"
 COMMENT_ONLY = "(comment only)"
@@ -116,8 +119,7 @@ class MemoryFeedbackStore:
 TABLE = "card_outcome"
 LEGACY_TABLE = "card_feedback"
 _COLUMNS = (
-    "service_id, card, topic, outcome, suggestion, override_system, override_code, override_comment, "
-    "outcome_timestamp"
+    "service_id, card, topic, outcome, suggestion, override_system, override_code, override_comment, outcome_timestamp"
 )
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -244,28 +246,77 @@ class SqliteFeedbackStore:
             return False
 
 
-class PostgresFeedbackStore:
-    """PostgreSQL, shared by several replicas (psycopg 3, one connection per call)."""
+class StoreUnavailableError(Exception):
+    """The feedback store cannot take or give data now (answered 503 with Retry-After, so the client
+    sends it again: nothing answered 200 is lost). The message names the cause, never a row."""
 
-    def __init__(self, dsn: str, read_only: bool = False) -> None:
+
+class PostgresFeedbackStore:
+    """PostgreSQL, shared by several replicas, through a connection pool (psycopg-pool).
+
+    Start-up never waits for the database: the pool connects in the background and the schema is
+    created (and migrated) on first use, under a transaction-scoped advisory lock so that
+    replicas starting together cannot race; an outage at start-up does not crash the process (the
+    hook call does not need this store). Every wait is bounded: `wait_timeout` for a pooled
+    connection, `connect_timeout` for a new one, `statement_timeout` on the server. (A server that
+    stops answering altogether is bounded by the caller, `GuardedFeedbackStore`.) `read_only` (the
+    report) creates nothing.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        read_only: bool = False,
+        *,
+        pool_size: int = 4,
+        wait_timeout: float = 2.0,
+        statement_timeout_ms: int = 5000,
+    ) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self._pool = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            timeout=wait_timeout,
+            open=False,
+            name="feedback",
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": 3,
+                "options": f"-c statement_timeout={statement_timeout_ms}",
+            },
+        )
+        self._pool.open(wait=False)
+        self._schema_ready = read_only
+        self._schema_lock = threading.Lock()
+
+    def _unavailable(self, error: Exception) -> StoreUnavailableError:
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        return StoreUnavailableError(f"feedback database unavailable ({type(error).__name__}: {first_line})")
+
+    def ensure_schema(self) -> None:
+        """Create (and migrate) the table if needed: idempotent, safe with replicas doing the same."""
+        if self._schema_ready:
+            return
         import psycopg
 
-        self._psycopg = psycopg
-        self._dsn = dsn
-        if read_only:
-            return
-        with psycopg.connect(dsn, connect_timeout=5) as connection, connection.transaction():
-            # Replicas starting together create (and migrate) the schema one at a time.
-            connection.execute("SELECT pg_advisory_xact_lock(hashtext('calcinosis-cds feedback schema'))")
-            connection.execute(_SCHEMA)
-            legacy = connection.execute("SELECT to_regclass(%s)", (LEGACY_TABLE,)).fetchone()
-            if legacy and legacy[0] is not None:
-                rows = connection.execute(_LEGACY_SELECT).fetchall()
-                self._insert(connection, [_row(r) for r in _legacy_records(rows)])
-                connection.execute(f"ALTER TABLE {LEGACY_TABLE} RENAME TO {LEGACY_TABLE}_migrated")
-
-    def _connect(self) -> Any:
-        return self._psycopg.connect(self._dsn, connect_timeout=5, autocommit=True)
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            try:
+                with self._pool.connection() as connection, connection.transaction():
+                    # Replicas starting together create (and migrate) the schema one at a time.
+                    connection.execute("SELECT pg_advisory_xact_lock(hashtext('calcinosis-cds feedback schema'))")
+                    connection.execute(_SCHEMA)
+                    legacy = connection.execute("SELECT to_regclass(%s)", (LEGACY_TABLE,)).fetchone()
+                    if legacy and legacy[0] is not None:
+                        rows = connection.execute(_LEGACY_SELECT).fetchall()
+                        self._insert(connection, [_row(r) for r in _legacy_records(rows)])
+                        connection.execute(f"ALTER TABLE {LEGACY_TABLE} RENAME TO {LEGACY_TABLE}_migrated")
+            except psycopg.Error as error:
+                raise self._unavailable(error) from error
+            self._schema_ready = True
 
     @staticmethod
     def _insert(connection: Any, rows: list[tuple[Any, ...]]) -> int:
@@ -281,33 +332,129 @@ class PostgresFeedbackStore:
         return new
 
     def add(self, records: list[FeedbackRecord]) -> int:
-        with self._connect() as connection, connection.transaction():
-            return self._insert(connection, [_row(record) for record in records])
+        """Store the rows in one transaction: all or none, committed before this returns."""
+        import psycopg
+
+        self.ensure_schema()
+        try:
+            with self._pool.connection() as connection, connection.transaction():
+                return self._insert(connection, [_row(record) for record in records])
+        except psycopg.Error as error:
+            raise self._unavailable(error) from error
 
     def records(self) -> list[FeedbackRecord]:
-        with self._connect() as connection:
-            try:
+        import psycopg
+
+        self.ensure_schema()
+        try:
+            with self._pool.connection() as connection:
                 rows = connection.execute(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY received_at").fetchall()
-            except self._psycopg.errors.UndefinedTable as error:
-                raise StoreConfigError(f"the feedback database has no {TABLE} table") from error
+        except psycopg.errors.UndefinedTable as error:
+            raise StoreConfigError(f"the feedback database has no {TABLE} table") from error
+        except psycopg.Error as error:
+            raise self._unavailable(error) from error
         return [_from_row(tuple(row)) for row in rows]
 
     def ping(self) -> bool:
         try:
-            with self._connect() as connection:
+            self.ensure_schema()
+            with self._pool.connection() as connection:
                 connection.execute("SELECT 1")
             return True
-        except self._psycopg.Error:
+        except Exception:  # any failure means "not reachable"
             return False
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class GuardedFeedbackStore:
+    """The app's way to the feedback store: each call runs in one of `slots` threads of its own and
+    is waited for at most `timeout` seconds, so a database that hangs (or a stopped process that
+    still accepts connections) costs a bounded wait and a 503, never a worker thread pool drained
+    by stuck calls nor a 500. When every slot is taken by a call still stuck, the next call is
+    refused at once rather than queued. A call answered 503 after its timeout may still complete
+    later: that is harmless, since feedback is stored idempotently and the client sends it again.
+    `healthy` is the outcome of the last call (for the readiness report; no I/O)."""
+
+    def __init__(self, store: FeedbackStore, *, slots: int = 4, timeout: float = 5.0) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.store = store
+        self.timeout = timeout
+        self.slots = slots
+        self.healthy: bool | None = None
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="feedback-store")
+
+    async def add(self, records: list[FeedbackRecord]) -> int:
+        """`store.add`, bounded; StoreUnavailableError when the store cannot take it now."""
+        import asyncio
+
+        with self._lock:
+            if self._busy >= self.slots:
+                self.healthy = False
+                raise StoreUnavailableError("feedback database busy (every connection is waiting on it)")
+            self._busy += 1
+        future = self._executor.submit(self.store.add, records)
+        future.add_done_callback(self._release)
+        try:
+            new = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except TimeoutError:
+            self.healthy = False
+            raise StoreUnavailableError(f"feedback database did not answer within {self.timeout:g} s") from None
+        except StoreUnavailableError:
+            self.healthy = False
+            raise
+        except (sqlite3.Error, OSError) as error:
+            self.healthy = False
+            raise StoreUnavailableError(f"feedback database unavailable ({type(error).__name__})") from error
+        self.healthy = True
+        return new
+
+    async def prepare(self, first_delay: float = 1.0, longest_delay: float = 30.0) -> None:
+        """Create the schema at start, retrying with exponential back-off until it works, and
+        log the true cause of each failure (a store without a schema step returns at once)."""
+        import asyncio
+
+        ensure = getattr(self.store, "ensure_schema", None)
+        if ensure is None:
+            return
+        delay = first_delay
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await asyncio.wait_for(loop.run_in_executor(self._executor, ensure), self.timeout)
+                self.healthy = True
+                log.info("feedback database ready")
+                return
+            except (StoreUnavailableError, TimeoutError) as error:
+                self.healthy = False
+                cause = str(error) or f"no answer within {self.timeout:g} s"
+                log.warning("feedback database not ready (%s); retrying in %.0f s", cause, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest_delay)
+
+    def _release(self, _: object) -> None:
+        with self._lock:
+            self._busy -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
 
 
 class StoreConfigError(ValueError):
     """A store URL that cannot be used (stops start-up with this message)."""
 
 
-def open_feedback_store(url: str, read_only: bool = False) -> FeedbackStore:
+def open_feedback_store(url: str, read_only: bool = False, *, pool_size: int = 4) -> FeedbackStore:
     """The feedback store a URL names. `read_only` (the report) creates nothing: a database that
-    is not there is an error, not a new empty one."""
+    is not there is an error, not a new empty one. `pool_size`: PostgreSQL connections of this
+    process."""
     scheme = urlsplit(url).scheme
     if url == "memory://":
         return MemoryFeedbackStore()
@@ -319,9 +466,9 @@ def open_feedback_store(url: str, read_only: bool = False) -> FeedbackStore:
         return SqliteFeedbackStore(path[1:], read_only)
     if scheme in ("postgresql", "postgres"):
         try:
-            return PostgresFeedbackStore(url, read_only)
-        except Exception as error:  # connection errors differ by driver version
-            raise StoreConfigError(f"feedback database unreachable ({type(error).__name__})") from error
+            return PostgresFeedbackStore(url, read_only, pool_size=pool_size)
+        except Exception as error:  # a malformed URL; connecting happens later, in the background
+            raise StoreConfigError(f"feedback database URL is not usable ({type(error).__name__})") from error
     raise StoreConfigError(f"feedback database URL scheme '{scheme}' is not supported (memory, sqlite, postgresql)")
 
 

@@ -206,7 +206,7 @@ def check_json(response: httpx.Response) -> Any:
 
 # ----- schemathesis: every operation of the published OpenAPI document ---------------------------
 
-SCHEMA_APP = make_app(fetch_deadline_seconds=1.0, fhir_request_timeout_seconds=0.5)
+SCHEMA_APP = make_app(fetch_deadline_seconds=1.0, fhir_request_timeout_seconds=0.5, api_docs=True)
 SCHEMA_APP.state.http = httpx.AsyncClient(transport=httpx.MockTransport(FakeFhir().handle), follow_redirects=False)
 
 

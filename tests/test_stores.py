@@ -18,6 +18,7 @@ from hooks.stores import (
     FeedbackRecord,
     FeedbackStore,
     StoreConfigError,
+    StoreUnavailableError,
     feedback_records,
     feedback_report,
     open_feedback_store,
@@ -95,11 +96,16 @@ def test_sqlite_store_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_postgres_store_is_shared_and_idempotent_across_replicas(postgres_url: str) -> None:
-    exercise(open_feedback_store(postgres_url))
-    other_replica = open_feedback_store(postgres_url)
-    assert len(other_replica.records()) == 6
-    first = open_feedback_store(postgres_url).records()[0]
-    assert other_replica.add([first]) == 0
+    stores = [open_feedback_store(postgres_url) for _ in range(3)]
+    try:
+        exercise(stores[0])
+        other_replica = stores[1]
+        assert len(other_replica.records()) == 6
+        first = stores[2].records()[0]
+        assert other_replica.add([first]) == 0
+    finally:
+        for store in stores:
+            store.close()  # type: ignore[attr-defined]
 
 
 def test_sqlite_batch_is_one_transaction(tmp_path: Path) -> None:
@@ -163,8 +169,14 @@ def test_report_is_read_only_and_refuses_a_missing_database(tmp_path: Path) -> N
 def test_bad_store_urls_fail_clearly() -> None:
     with pytest.raises(StoreConfigError, match="not supported"):
         open_feedback_store("mongodb://x")
-    with pytest.raises(StoreConfigError, match="unreachable"):
-        open_feedback_store("postgresql://nobody@127.0.0.1:1/none")
+    # An unreachable database is not a configuration error (the service starts and retries);
+    # each call says why it failed.
+    store = open_feedback_store("postgresql://nobody@127.0.0.1:1/none")
+    try:
+        with pytest.raises(StoreUnavailableError, match="feedback database unavailable"):
+            store.add(records(card("01")))
+    finally:
+        store.close()  # type: ignore[attr-defined]
 
 
 def test_card_ids_verify_only_what_this_key_signed() -> None:

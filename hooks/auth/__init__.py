@@ -11,7 +11,7 @@ with `authenticator` (what the app applies, and the outbound policy of a verifie
 """
 
 from hooks.auth.clients import TrustedClient, fhir_server_allowed, load_trusted_clients
-from hooks.auth.errors import REASONS, AuthConfigError, AuthError
+from hooks.auth.errors import REASONS, AuthConfigError, AuthError, ReplayCacheUnavailableError
 from hooks.auth.keys import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS, JwksFetcher
 from hooks.auth.replay import InMemoryReplayCache, RedisReplayCache, ReplayCache, open_replay_cache
 from hooks.auth.verify import JwtVerifier, VerifiedToken, bearer_token
@@ -27,6 +27,7 @@ __all__ = [
     "JwtVerifier",
     "RedisReplayCache",
     "ReplayCache",
+    "ReplayCacheUnavailableError",
     "TrustedClient",
     "VerifiedToken",
     "bearer_token",

@@ -23,6 +23,11 @@ from hooks.settings import Settings
 
 log = logging.getLogger("calcinosis_cds.security")
 INSECURE_WARNING = "JWT authentication is disabled: for local use only, never with real patient data"
+REDIS_RESTART_WARNING = (
+    "replay cache in Redis: if Redis restarts without persistence, the JWT ids seen so far are forgotten, "
+    "so a token still within its lifetime (at most 1 h) could be replayed once; enable Redis persistence "
+    "(appendonly) or accept that window"
+)
 
 
 class Authenticator:
@@ -33,10 +38,18 @@ class Authenticator:
         self.base_url = settings.public_base_url or ""
         self.local_fhir_servers = tuple(settings.local_fhir_servers)
         self.clients = () if self.disabled else load_trusted_clients(settings.trusted_clients or "")
-        self.replay = open_replay_cache(settings.replay_cache_url)
+        self.replay = open_replay_cache(
+            settings.replay_cache_url,
+            max_connections=settings.max_concurrent_requests,
+            timeout=settings.replay_cache_timeout_seconds,
+        )
         self._verifier: JwtVerifier | None = None
         if self.disabled:
             log.warning(INSECURE_WARNING)
+        elif settings.replay_cache_url != "memory://":
+            log.warning(REDIS_RESTART_WARNING)
+        elif settings.workers > 1:  # refused by Settings; kept for callers building settings by hand
+            raise ValueError("authentication with more than one worker needs a shared replay cache (redis://)")
 
     def verifier(self, http: httpx.AsyncClient) -> JwtVerifier:
         """The verifier, built on first use around the app's shared HTTP client (JWKS fetches)."""

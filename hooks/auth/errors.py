@@ -39,3 +39,9 @@ class AuthError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.issuer = issuer
+
+
+class ReplayCacheUnavailableError(Exception):
+    """The replay cache cannot say whether a `jti` was seen (Redis down, stalled or saturated). The
+    token is not accepted: the call is answered 503 with Retry-After, not 401 (the token may be
+    fine) and not 500."""

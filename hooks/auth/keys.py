@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -126,6 +126,14 @@ def select_key(jwks: Sequence[Mapping[str, Any]], kid: str, alg: str) -> PublicK
 class _JwkSet:
     keys: list[dict[str, Any]]
     fetched_at: float
+    built: dict[tuple[str, str], PublicKey] = field(default_factory=dict)
+
+    def key(self, kid: str, alg: str) -> PublicKey:
+        """`select_key`, built once per set (a JWK becomes a key object with a curve-point check)."""
+        built = self.built.get((kid, alg))
+        if built is None:
+            built = self.built[(kid, alg)] = select_key(self.keys, kid, alg)
+        return built
 
 
 class _FetchError(Exception):
@@ -184,10 +192,10 @@ class JwksFetcher:
             if current is None:
                 raise AuthError("jwks-unavailable")
             if any(k.get("kid") == kid for k in current.keys):
-                return select_key(current.keys, kid, alg)
+                return current.key(kid, alg)
             if not refreshed and self._may_fetch(jku, now):
                 current = await self._refresh(jku, now) or current
-            return select_key(current.keys, kid, alg)
+            return current.key(kid, alg)
 
     def _may_fetch(self, jku: str, now: float) -> bool:
         last = self._last_attempt.get(jku)

@@ -4,6 +4,7 @@ worker."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import threading
@@ -12,6 +13,9 @@ from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from redis.exceptions import RedisError
+
+from hooks.auth.errors import ReplayCacheUnavailableError
 from hooks.stores import StoreConfigError
 
 log = logging.getLogger("calcinosis_cds.auth")
@@ -70,33 +74,58 @@ class InMemoryReplayCache:
 
 
 class RedisReplayCache:
-    """A `jti` replay cache in Redis (SET NX with expiry): shared by every replica."""
+    """A `jti` replay cache in Redis (SET NX with expiry): shared by every replica and worker.
 
-    def __init__(self, url: str, prefix: str = "calcinosis:jti:") -> None:
+    It fails closed: when Redis is down, stalled or every connection is busy, `first_use` raises
+    `ReplayCacheUnavailableError` (answered 503 with Retry-After) after at most `timeout` seconds,
+    pool wait included, rather than accept a token it cannot check. The pool holds up to
+    `max_connections`, sized by the app to the requests one worker admits at once, so a burst
+    waits for a connection instead of failing.
+    """
+
+    def __init__(
+        self, url: str, prefix: str = "calcinosis:jti:", *, max_connections: int = 32, timeout: float = 1.0
+    ) -> None:
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        self._redis = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._redis = redis.Redis(connection_pool=pool)
         self._prefix = prefix
+        self.timeout = timeout
 
     async def first_use(self, key: str, expires_at: float) -> bool:
         ttl = max(1, int(expires_at - time.time()) + 1)
-        created = await self._redis.set(self._prefix + key, b"1", nx=True, ex=ttl)
+        try:
+            async with asyncio.timeout(self.timeout):
+                created = await self._redis.set(self._prefix + key, b"1", nx=True, ex=ttl)
+        except (TimeoutError, OSError, RedisError) as error:
+            raise ReplayCacheUnavailableError(f"replay cache unavailable ({type(error).__name__})") from None
         return bool(created)
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except Exception:  # any connection error means "not ready"
+            async with asyncio.timeout(self.timeout):
+                return bool(await self._redis.ping())
+        except Exception:  # any connection error or time-out means "not ready"
             return False
 
     async def close(self) -> None:
         await self._redis.aclose()
 
 
-def open_replay_cache(url: str) -> ReplayCache:
+def open_replay_cache(url: str, *, max_connections: int = 32, timeout: float = 1.0) -> ReplayCache:
     """The replay cache a URL names: memory:// (one process) or redis:// (several replicas)."""
     if url == "memory://":
         return InMemoryReplayCache()
     if urlsplit(url).scheme in ("redis", "rediss"):
-        return RedisReplayCache(url)
+        return RedisReplayCache(url, max_connections=max_connections, timeout=timeout)
     raise StoreConfigError(f"replay cache URL scheme '{urlsplit(url).scheme}' is not supported (memory, redis)")

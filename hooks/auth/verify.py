@@ -26,6 +26,7 @@ from typing import Any
 
 import jwt
 import jwt.types
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hooks.auth.clients import TrustedClient
 from hooks.auth.errors import AuthConfigError, AuthError
@@ -88,6 +89,18 @@ def _typ_allowed(typ: Any) -> bool:
 class _ClientKeys:
     client: TrustedClient
     static: list[dict[str, Any]] = field(default_factory=list)
+    built: dict[tuple[str, str], PublicKey] = field(default_factory=dict)
+
+
+def _signature_length_fits(token: str, key: PublicKey) -> bool:
+    """Whether the signature has the one length the key's algorithm produces (an RSA signature is
+    as long as the modulus, an ECDSA one two coordinates), checked without cryptography."""
+    encoded = token.rsplit(".", 1)[1]
+    if len(encoded) % 4 == 1:
+        return False
+    size = len(encoded) * 3 // 4  # base64url without padding
+    expected = (key.key_size + 7) // 8 if isinstance(key, rsa.RSAPublicKey) else 2 * ((key.curve.key_size + 7) // 8)
+    return size == expected
 
 
 class JwtVerifier:
@@ -157,9 +170,14 @@ class JwtVerifier:
             fetch_url = None if jku is None else jku_to_fetch(client.jku, jku)
             if jku is not None and fetch_url is None:
                 raise AuthError("jku-not-allowed")
+            # Everything that needs no cryptography first, so that a flood of forged, expired or
+            # misaddressed tokens costs a JSON parse each, not a signature check.
+            checked = self._claims(client, claims, audience)
             key = await self._key(entry, fetch_url, kid, alg)
             if not key_matches_algorithm(key, alg):
                 raise AuthError("key-mismatch")
+            if not _signature_length_fits(token, key):
+                raise AuthError("bad-signature")
             try:
                 verified = self._jwt.decode_complete(token, key=key, algorithms=[alg], options=_SIGNATURE_ONLY)
             except jwt.InvalidSignatureError:
@@ -170,7 +188,9 @@ class JwtVerifier:
                 raise AuthError("key-mismatch") from None
             except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
                 raise AuthError("malformed") from None
-            return await self._check_claims(client, verified["payload"], audience)
+            if verified["payload"] != claims:
+                raise AuthError("malformed")  # cannot differ (the same bytes); belt and braces
+            return await self._first_use(checked)
         except AuthError as error:
             error.issuer = client.issuer
             raise
@@ -178,12 +198,16 @@ class JwtVerifier:
     async def _key(self, entry: _ClientKeys, jku: str | None, kid: str, alg: str) -> PublicKey:
         """The static key when the client pinned one with this kid, else the jku's (if any)."""
         if entry.static and any(k.get("kid") == kid for k in entry.static):
-            return select_key(entry.static, kid, alg)
+            built = entry.built.get((kid, alg))
+            if built is None:
+                built = entry.built[(kid, alg)] = select_key(entry.static, kid, alg)
+            return built
         if jku is None:
             raise AuthError("unknown-kid")
         return await self.jwks.key_for(jku, kid, alg)
 
-    async def _check_claims(self, client: TrustedClient, claims: dict[str, Any], audience: str) -> VerifiedToken:
+    def _claims(self, client: TrustedClient, claims: dict[str, Any], audience: str) -> VerifiedToken:
+        """The claims checks (all but replay), on the decoded payload; AuthError on failure."""
         for name in ("iss", "aud", "exp", "iat", "jti"):
             if claims.get(name) is None:
                 raise AuthError("missing-claim")
@@ -219,13 +243,17 @@ class JwtVerifier:
         if subject is not None and not isinstance(subject, str):
             raise AuthError("malformed")
 
-        # Last, so that only otherwise valid tokens use up a jti. Kept until the token could no
-        # longer pass the `exp` check (exp + leeway), not just until exp.
-        if not await self.replay.first_use(f"{client.issuer}|{jti}", exp + self.leeway):
-            raise AuthError("replayed-jti")
         return VerifiedToken(
             client=client, issuer=client.issuer, jti=jti, tenant=tenant, subject=subject, expires_at=exp
         )
+
+    async def _first_use(self, token: VerifiedToken) -> VerifiedToken:
+        """Last, so that only otherwise valid tokens use up a jti. Kept until the token could no
+        longer pass the `exp` check (exp + leeway), not just until exp. A replay cache that cannot
+        answer raises ReplayCacheUnavailableError (503): the token is not accepted."""
+        if not await self.replay.first_use(f"{token.issuer}|{token.jti}", token.expires_at + self.leeway):
+            raise AuthError("replayed-jti")
+        return token
 
 
 def bearer_token(authorization: str | None) -> str:
