@@ -7,7 +7,7 @@ per pod and scale with replicas (the deployment files do) to keep `/metrics` com
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -36,4 +36,10 @@ CARDS = Counter(
 AUTH_FAILURES = Counter("calcinosis_auth_failures_total", "Rejected tokens by reason", ["reason"], registry=REGISTRY)
 SHED = Counter(
     "calcinosis_shed_requests_total", "Requests answered 503 because the worker was at its limit", registry=REGISTRY
+)
+IN_FLIGHT = Gauge("calcinosis_requests_in_flight", "Requests the worker is handling now", registry=REGISTRY)
+IN_FLIGHT_PEAK = Gauge(
+    "calcinosis_requests_in_flight_peak",
+    "Most requests the worker has handled at once since it started (never above its limit)",
+    registry=REGISTRY,
 )

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from hooks.metrics import SHED
+from hooks.metrics import IN_FLIGHT, IN_FLIGHT_PEAK, SHED
 from hooks.models import operation_outcome
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
@@ -64,11 +64,15 @@ class LoadShedder:
             await send({"type": "http.response.body", "body": self._body})
             return
         admission.in_flight += 1
-        admission.peak = max(admission.peak, admission.in_flight)
+        IN_FLIGHT.inc()
+        if admission.in_flight > admission.peak:
+            admission.peak = admission.in_flight
+            IN_FLIGHT_PEAK.set(admission.peak)
         try:
             await self.app(scope, receive, send)
         finally:
             admission.in_flight -= 1
+            IN_FLIGHT.dec()
 
 
 @functools.cache
