@@ -79,6 +79,7 @@ class DraftOrder:
     stops: bool = False
     excluded: str | None = None
     resolved_by: tuple[str, ...] = ()
+    unresolved: bool = False
 
     @property
     def parenteral(self) -> bool:
@@ -577,6 +578,11 @@ def _window(
     return interval
 
 
+def _interval(interval: timedelta) -> str:
+    hours = interval.total_seconds() / 3600
+    return f"{hours:.0f} hours" if hours < 72 else f"{interval.days} days"
+
+
 def _treatment_since(
     ctx: PatientContext, moment: datetime, knowledge: OrderKnowledge, drafts: tuple[DraftOrder, ...]
 ) -> bool:
@@ -637,7 +643,7 @@ def _repeat(
             kind="repeat-lab",
             indicator="info",
             summary=summary,
-            why=(card["why"], window.basis),
+            why=(card["why"], f"Usual interval here: {_interval(interval)} ({window.basis})."),
             alternative=None,
             evidence=(evidence,),
             sources=tuple(dict.fromkeys(window.sources + tuple(card["sources"]))),

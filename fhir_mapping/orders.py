@@ -196,6 +196,7 @@ class DraftOrderReader:
             stops=request.get("status") in NOT_ADDING,
             excluded=excluded,
             resolved_by=tuple(resolution.how),
+            unresolved=medication is None and request.get("medicationReference") is not None and not classes,
         )
 
     def service_request(self, request: dict[str, Any]) -> DraftOrder:

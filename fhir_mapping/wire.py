@@ -34,7 +34,10 @@ from fhir_mapping.pipeline import USED_ELEMENTS
 #: OperationOutcome elements the prefetch resolution and the FHIR client read.
 STRUCTURAL_ELEMENTS = frozenset(
     {"resourceType", "id", "patient", "gender", "birthDate", "code", "type", "total", "link", "issue"}
+    | {"ingredient", "class", "serviceType"}
 )
+"""... and for order-sign, a Medication's `ingredient` items and an Encounter's `class`, `type` and
+`serviceType` (`fhir_mapping.orders`)."""
 
 RESOURCE_ELEMENTS: frozenset[str] = STRUCTURAL_ELEMENTS.union(*USED_ELEMENTS.values())
 """Every element of a resource that is kept, besides a Bundle's entries (typed below)."""
@@ -44,7 +47,11 @@ RESOURCE_ELEMENTS: frozenset[str] = STRUCTURAL_ELEMENTS.union(*USED_ELEMENTS.val
 ENTRY_ELEMENTS = frozenset({"fullUrl", "resource", "search"})
 
 
-class ResourceElements(TypedDict, total=False):
+_KeywordElements = TypedDict("_KeywordElements", {"class": Any}, total=False)
+"""Elements whose names are Python keywords, which only the functional syntax can declare."""
+
+
+class ResourceElements(_KeywordElements, TypedDict, total=False):
     """A FHIR resource restricted to `RESOURCE_ELEMENTS` (msgspec decodes it into a plain dict).
 
     Written out rather than built from `RESOURCE_ELEMENTS` so that type checkers see it; a test
@@ -54,6 +61,8 @@ class ResourceElements(TypedDict, total=False):
 
     resourceType: Any
     id: Any
+    ingredient: Any
+    serviceType: Any
     patient: Any
     gender: Any
     birthDate: Any

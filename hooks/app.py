@@ -38,7 +38,8 @@ from hooks.metrics import CARDS, LATENCY, REGISTRY, REQUESTS
 from hooks.models import Discovery, Feedback, FeedbackBatch, FeedbackItem, HookRequest, operation_outcome
 from hooks.overload import Admission, LoadShedder
 from hooks.prefetch import DataUnobtainableError
-from hooks.service import HOOK, SERVICE_ID, CalcinosisService, InvalidContextError
+from hooks.registry import DeclaredService, build_registry
+from hooks.service import CalcinosisService, InvalidContextError
 from hooks.settings import Settings
 from hooks.stores import (
     FeedbackRecord,
@@ -182,9 +183,10 @@ async def hook_caller(request: Request, service_id: str) -> VerifiedToken | None
     try:
         return await authenticated(request)
     except (AuthError, ReplayCacheUnavailableError) as error:
+        declared = request.app.state.registry.get(service_id)
         audit_hook_call(
-            service_id=SERVICE_ID,
-            hook=HOOK,
+            service_id=declared.id if declared is not None else "(unknown service)",
+            hook=declared.hook if declared is not None else "-",
             hook_instance=None,
             status=401 if isinstance(error, AuthError) else 503,
             verified=None,
@@ -202,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     protect_logs()
     service = CalcinosisService(settings)
+    registry = build_registry(settings, service)
     feedback = open_feedback_store(settings.feedback_database_url, pool_size=settings.feedback_pool_size)
     guarded_feedback = GuardedFeedbackStore(
         feedback, slots=settings.feedback_pool_size, timeout=settings.feedback_timeout_seconds
@@ -246,6 +249,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.service = service
+    app.state.registry = registry
     app.state.feedback = feedback
     app.state.guarded_feedback = guarded_feedback
     app.state.http = None
@@ -296,21 +300,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/cds-services")
     async def discovery(caller: Caller) -> Response:
-        description = service.describe()
+        descriptions = [declared.describe() for declared in registry]
         if authenticator.disabled:
-            description.extension = {
-                "org.calcinosis-cds.security": {"authentication": "disabled", "warning": INSECURE_WARNING}
-            }
-        body = Discovery(services=[description])
+            for description in descriptions:
+                description.extension = {
+                    "org.calcinosis-cds.security": {"authentication": "disabled", "warning": INSECURE_WARNING}
+                }
+        body = Discovery(services=descriptions)
         return ORJSONResponse(body.wire())
 
     @app.post("/cds-services/{service_id}", openapi_extra=_body_schema(HookRequest, app))
     async def call(service_id: str, request: Request, verified: HookCaller) -> Response:
         started = time.perf_counter()
+        declared: DeclaredService | None = None
         hook_instance: str | None = None
         status, cards = 500, None
         try:
-            if service_id != SERVICE_ID:
+            declared = registry.get(service_id)
+            if declared is None:
                 raise ApiError(404, "not-found", "no such CDS service")
             hook_request = validate(
                 HookRequest,
@@ -325,27 +332,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     urlsplit(hook_request.fhir_server).hostname,
                     verified.issuer if verified else "-",
                 )
-            if hook_request.hook != HOOK:
-                raise ApiError(400, "not-supported", f"service '{SERVICE_ID}' answers the '{HOOK}' hook only")
+            if hook_request.hook != declared.hook:
+                raise ApiError(400, "not-supported", f"service '{declared.id}' answers the '{declared.hook}' hook only")
             try:
-                outcome = await service.handle(
-                    hook_request,
-                    request.app.state.http,
-                    policy,
-                )
+                outcome = await declared.handler(hook_request, request.app.state.http, policy, None)
             except InvalidContextError as error:
                 raise ApiError(400, "invalid", str(error)) from error
             except DataUnobtainableError as error:
-                log.info("hook=%s hookInstance=%s status=412 reason=%s", HOOK, hook_instance, error)
+                log.info("hook=%s hookInstance=%s status=412 reason=%s", declared.hook, hook_instance, error)
                 raise ApiError(412, "processing", str(error)) from error
             for card in outcome.response.cards:
                 CARDS.labels(card.source.topic.code if card.source.topic else "none", card.indicator).inc()
             status, cards = 200, len(outcome.response.cards)
             log.info(
                 "hook=%s hookInstance=%s service=%s status=200 cards=%d fhirRequests=%d prefetch=%s ms=%.1f",
-                HOOK,
+                declared.hook,
                 hook_instance,
-                SERVICE_ID,
+                declared.id,
                 cards,
                 outcome.data.fhir_requests,
                 ",".join(f"{k}:{v}" for k, v in sorted(outcome.data.how.items())),
@@ -357,8 +360,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         finally:
             audit_hook_call(
-                service_id=SERVICE_ID,
-                hook=HOOK,
+                service_id=declared.id if declared is not None else "(unknown service)",
+                hook=declared.hook if declared is not None else "-",
                 hook_instance=hook_instance,
                 status=status,
                 verified=verified,
@@ -368,7 +371,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_body_schema(Feedback, app))
     async def receive_feedback(service_id: str, request: Request, caller: Caller) -> Response:
-        if service_id != SERVICE_ID:
+        if registry.get(service_id) is None:
             raise ApiError(404, "not-found", "no such CDS service")
         batch = validate(
             FeedbackBatch, await read_json(request, settings.max_body_bytes, timeout=settings.body_timeout_seconds)

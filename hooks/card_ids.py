@@ -10,7 +10,8 @@ them, so the id stays a valid UUID):
 
     digits 0-16   the id as `hooks.cards` derived it (stable per hookInstance and card)
     digits 17-29  HMAC-SHA256(key, digits 0-16 + topic), first 52 bits
-    digits 30-31  the card topic code (01 subtype, 02 workup, 03 differentials)
+    digits 30-31  the card topic code (01 subtype, 02 workup, 03 differentials; order-sign:
+                  04 order check, 05 repeat lab)
 
 52 bits make a forged id a one-in-4.5-quadrillion guess per feedback entry. Replicas share the
 key (`CALCINOSIS_CARD_ID_KEY`, e.g. from one Kubernetes Secret); without it each process makes a
@@ -28,7 +29,7 @@ from collections.abc import Iterable
 
 from hooks.models import Card
 
-TOPIC_CODES = {"01": "subtype", "02": "workup", "03": "differentials"}
+TOPIC_CODES = {"01": "subtype", "02": "workup", "03": "differentials", "04": "order-check", "05": "repeat-lab"}
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _KEEP, _MAC = 17, 13
 

@@ -94,7 +94,7 @@ def prune(value: Any) -> Any:
     return value
 
 
-TOPIC_SUFFIX = {"subtype": "01", "workup": "02", "differentials": "03"}
+TOPIC_SUFFIX = {"subtype": "01", "workup": "02", "differentials": "03", "order-check": "04", "repeat-lab": "05"}
 
 
 def card_uuid(hook_instance: uuid.UUID, name: str) -> str:

@@ -62,6 +62,14 @@ class PatientViewContext(SpecModel):
         return value
 
 
+class OrderSignContext(PatientViewContext):
+    """Context of `order-sign` (CDS Hooks Library 1.0.1): the patient-view fields plus
+    `draftOrders`, a Bundle of the unsigned request resources (not a prefetch token). The Bundle's
+    content is checked by `fhir_mapping.orders`, which names the field it rejects."""
+
+    draft_orders: dict[str, Any] = Field(alias="draftOrders")
+
+
 class HookRequest(SpecModel):
     """A CDS Hooks service call."""
 

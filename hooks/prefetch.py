@@ -33,7 +33,7 @@ from calcinosis.findings import Analyte
 from fhir_mapping.mapping import bundle_resources
 from fhir_mapping.terminology import LOINC, Terminology
 from hooks.fhir_client import FhirClient, FhirFetchError, SearchResult
-from hooks.models import HookRequest
+from hooks.models import FHIR_ID, HookRequest
 from hooks.outbound import OutboundPolicy
 from hooks.settings import Settings
 
@@ -53,6 +53,10 @@ class PrefetchKey:
     def is_read(self) -> bool:
         """True for an instance read (`Patient/{{context.patientId}}`), else a search."""
         return "?" not in self.query
+
+
+ENCOUNTER_TOKEN = "{{context.encounterId}}"
+"""The encounter of order-sign's optional `encounterId` (CDS Hooks Library 1.0.1)."""
 
 
 def observation_codes(terminology: Terminology) -> list[str]:
@@ -213,7 +217,14 @@ class PrefetchResolver:
         client = self._client(request)
         prefetch = request.prefetch or {}
         to_fetch: dict[str, Job] = {}
+        encounter_id = request.context.get("encounterId")
+        if not (isinstance(encounter_id, str) and FHIR_ID.match(encounter_id)):
+            encounter_id = None  # only a bare FHIR id is ever put into a URL
         for spec in self.keys:
+            if ENCOUNTER_TOKEN in spec.query and encounter_id is None:
+                # The context names no encounter (or not as a FHIR id): the template cannot be filled.
+                data.how[spec.key] = "no-encounter"
+                continue
             present = spec.key in prefetch
             value = prefetch.get(spec.key)
             if present and value is None:
@@ -236,7 +247,7 @@ class PrefetchResolver:
             if present:
                 data.notes.append(f"{spec.key}: prefetch held {problem}")
             if client is not None:
-                to_fetch[spec.key] = self._fetch(client, spec, patient_id)
+                to_fetch[spec.key] = self._fetch(client, spec, patient_id, encounter_id)
             elif not present and not spec.required:
                 data.how[spec.key] = "unavailable"  # not sent, nothing to fetch it with: not requested data
             else:
@@ -277,8 +288,10 @@ class PrefetchResolver:
 
         return run
 
-    def _fetch(self, client: FhirClient, spec: PrefetchKey, patient_id: str) -> Job:
+    def _fetch(self, client: FhirClient, spec: PrefetchKey, patient_id: str, encounter_id: Any = None) -> Job:
         query = spec.query.replace("{{context.patientId}}", patient_id)
+        if isinstance(encounter_id, str):
+            query = query.replace(ENCOUNTER_TOKEN, encounter_id)
 
         async def run() -> list[dict[str, Any]]:
             if spec.is_read:

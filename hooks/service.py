@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -23,6 +23,9 @@ from hooks.outbound import OutboundPolicy
 from hooks.prefetch import PrefetchResolver, ResolvedData, prefetch_keys
 from hooks.settings import Settings
 
+if TYPE_CHECKING:
+    from hooks.registry import DeclaredService
+
 SERVICE_ID = "calcinosis"
 HOOK = "patient-view"
 SPEC_VERSION = "2.0.1"
@@ -31,6 +34,20 @@ HOOK_VERSION = "1.0"  # patient-view in the CDS Hooks Library 1.0.1
 
 class InvalidContextError(ValueError):
     """The hook context does not satisfy the hook's definition (answered 400)."""
+
+
+C = TypeVar("C", bound=PatientViewContext)
+
+
+def validate_context(model: type[C], request: HookRequest) -> C:
+    """The hook's context as `model`, or `InvalidContextError` naming the fields (never values)."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(request.context)
+    except ValidationError as error:
+        fields = sorted({"context." + ".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in error.errors()})
+        raise InvalidContextError("; ".join(fields)) from error
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +84,22 @@ class CalcinosisService:
         warm_up_validation()
         warm_up_orders()
 
-    def describe(self) -> ServiceDescription:
-        """The discovery entry."""
-        return ServiceDescription(
-            hook=HOOK,
+    def declaration(self) -> DeclaredService:
+        """The patient-view service as the registry declares it (the one place its id, hook,
+        title, description and prefetch are written)."""
+        from hooks.registry import DeclaredService
+
+        return DeclaredService(
             id=SERVICE_ID,
+            hook=HOOK,
             title="Calcinosis cutis: subtype, workup and differentials",
             description=(
                 "When calcinosis cutis or calciphylaxis is documented, suggests the likely subtype "
                 "(dystrophic, metastatic, idiopathic, iatrogenic, calciphylaxis) with the evidence, the "
                 "workup still missing as draft orders, and the differential diagnoses to exclude. Silent otherwise."
             ),
-            prefetch={key.key: key.query for key in self.keys},
+            prefetch=self.keys,
+            handler=self.handle,
             usage_requirements=(
                 "Needs the patient's Conditions and calcium/phosphate-related Observations; medications and "
                 "procedures improve the assessment. Missing prefetch is fetched from fhirServer."
@@ -87,15 +108,13 @@ class CalcinosisService:
             hook_version=HOOK_VERSION,
         )
 
+    def describe(self) -> ServiceDescription:
+        """The discovery entry."""
+        return self.declaration().describe()
+
     def context(self, request: HookRequest) -> PatientViewContext:
         """The patient-view context, or `InvalidContextError`."""
-        from pydantic import ValidationError
-
-        try:
-            return PatientViewContext.model_validate(request.context)
-        except ValidationError as error:
-            fields = sorted({"context." + ".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in error.errors()})
-            raise InvalidContextError("; ".join(fields)) from error
+        return validate_context(PatientViewContext, request)
 
     def documents_calcinosis(self, resources: list[dict[str, Any]]) -> bool:
         """Early-exit check used while fetching."""

@@ -58,11 +58,15 @@ def test_discovery_lists_the_service_with_prefetch_inside_the_spec_subset(app: A
     body = response.json()
     Discovery.model_validate(body)
     no_empty_values(body)
-    (service,) = body["services"]
+    service, order_sign = body["services"]
     assert service["id"] == "calcinosis" and service["hook"] == "patient-view"
     assert service["version"] == "2.0.1" and service["hookVersion"] == "1.0"
+    assert order_sign["id"] == "calcinosis-order-sign" and order_sign["hook"] == "order-sign"
+    assert order_sign["version"] == "2.0.1" and order_sign["hookVersion"] == "1.0"
     assert set(service["prefetch"]) >= {"patient", "conditions", "observations", "medicationRequests"}
-    for template in service["prefetch"].values():
+    # order-sign reads the same chart, plus the encounter its context may name
+    assert order_sign["prefetch"] == {**service["prefetch"], "encounter": "Encounter/{{context.encounterId}}"}
+    for template in [*service["prefetch"].values(), *order_sign["prefetch"].values()]:
         tokens = re.findall(r"\{\{[^}]*\}\}", template)
         assert tokens and all(ALLOWED_TOKEN.fullmatch(t) for t in tokens)
         assert ":" not in template.split("?")[-1].split("=")[0]  # no search modifiers

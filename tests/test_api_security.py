@@ -222,3 +222,31 @@ def test_a_token_replayed_to_another_replica_is_refused_with_redis(key: ec.Ellip
     once = token(key, path)
     assert get(replica(), path, {"Authorization": f"Bearer {once}"}).status_code == 200
     assert get(replica(), path, {"Authorization": f"Bearer {once}"}).status_code == 401
+
+
+def test_order_sign_service_and_its_feedback_require_their_own_token(key: ec.EllipticCurvePrivateKey) -> None:
+    """The registry's routes authenticate every service alike; `aud` names the exact service."""
+    from tests.test_order_scenarios import WARFARIN, calciphylaxis_chart
+    from tests.test_order_sign_api import order_sign_request
+
+    app = secured_app(key)
+    service = "/cds-services/calcinosis-order-sign"
+    request = order_sign_request(calciphylaxis_chart(), WARFARIN)
+    assert post(app, service, request).status_code == 401
+    other = "/cds-services/calcinosis"
+    assert post(app, service, request, {"Authorization": f"Bearer {token(key, other)}"}).status_code == 401
+    ok = post(app, service, request, {"Authorization": f"Bearer {token(key, service)}"})
+    assert ok.status_code == 200 and ok.json()["cards"][0]["indicator"] == "warning"
+    feedback = service + "/feedback"
+    body = {
+        "feedback": [
+            {
+                "card": ok.json()["cards"][0]["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {"userComment": "discussed"},
+                "outcomeTimestamp": "2026-11-01T12:00:00Z",
+            }
+        ]
+    }
+    assert post(app, feedback, body).status_code == 401
+    assert post(app, feedback, body, {"Authorization": f"Bearer {token(key, feedback)}"}).status_code == 200

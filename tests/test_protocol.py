@@ -294,8 +294,10 @@ def test_comment_length_and_batch_size_are_capped() -> None:
 
 
 def test_discovery_entry_carries_version_and_hook_version() -> None:
-    (service,) = get(make_app(), "/cds-services").json()["services"]
-    assert service["version"] == "2.0.1" and service["hookVersion"] == "1.0"
+    services = get(make_app(), "/cds-services").json()["services"]
+    assert len(services) == 2  # patient-view and order-sign
+    for service in services:
+        assert service["version"] == "2.0.1" and service["hookVersion"] == "1.0"
 
 
 def test_every_suggested_service_request_has_an_id() -> None:

@@ -1,0 +1,165 @@
+"""Order-check advice to CDS Hooks cards: one card per draft order that needs one.
+
+The statements come from `calcinosis.orders` (and its knowledge file); this module only lays them
+out for a narrow EHR panel (clinical-knowledge.md 11.4): the summary says what the order does in
+this patient, the detail opens with why, the values behind it (as the lab reported them, with
+dates) and the alternative to discuss. Provenance (rule, section, how the order was resolved,
+record references) travels in the extension only. A repeat lab offers one suggestion, removing
+that draft (`delete` with `resourceId`); medication cards carry no action, because deleting a
+binder or an anticoagulant could leave its indication untreated (15.6).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from calcinosis.assessment import Evidence
+from calcinosis.knowledge_base import KnowledgeBase
+from calcinosis.orders import OrderAdvice, OrderCheck, OrderKnowledge
+from hooks.cards import (
+    EXTENSION_KEY,
+    OVERRIDE_SYSTEM,
+    SOURCE_LABEL,
+    SOURCE_URL,
+    TOPIC_SYSTEM,
+    card_uuid,
+    md,
+    prune,
+    shorten,
+)
+from hooks.models import Action, Card, Coding, Link, OverrideReason, Source, Suggestion
+
+TOPICS = {"medication": "order-check", "precaution": "order-check", "repeat-lab": "repeat-lab"}
+TOPIC_DISPLAY = {"order-check": "Order check", "repeat-lab": "Repeat laboratory test"}
+MAX_EVIDENCE_LINES = 3
+
+
+def _date(value: datetime | None) -> str:
+    return value.date().isoformat() if value is not None else "date not recorded"
+
+
+def _evidence_line(evidence: Evidence) -> str:
+    """'Phosphate 7.9 mg/dL, 2026-10-30': name, value as reported, date; no record ids."""
+    name = evidence.display or "Record entry"
+    parts = [md(name)]
+    if evidence.reported:
+        parts.append(md(evidence.reported))
+    if evidence.reference_range:
+        parts.append(f"range {md(evidence.reference_range)}")
+    return " ".join(parts[:2]) + (f", {parts[2]}" if len(parts) > 2 else "") + f", {_date(evidence.date)}"
+
+
+def _links(kb: KnowledgeBase, keys: tuple[str, ...]) -> list[Link] | None:
+    links: list[Link] = []
+    for key in keys:
+        source = kb.sources.get(key)
+        if source is None or not source.link or source.url is None or any(link.url == source.url for link in links):
+            continue
+        links.append(Link(label=shorten(source.citation, 120), url=source.url, type="absolute"))
+        if len(links) == 3:
+            break
+    return links or None
+
+
+def _detail(advice: OrderAdvice) -> str:
+    order = advice.order
+    lines = [f"**Draft order: {md(order.label or order.name)}** (decision support, not a diagnosis)"]
+    lines.append(f"- Why: {md(advice.why[0])}")
+    for evidence in advice.evidence[:MAX_EVIDENCE_LINES]:
+        lines.append(f"- {_evidence_line(evidence)}")
+    if advice.alternative:
+        lines.append(f"- To discuss with the prescriber: {md(advice.alternative)}")
+    for extra in advice.why[1:]:
+        lines.append(f"- {md(extra)}")
+    if advice.kind != "repeat-lab":
+        lines.append("")
+        lines.append("The order is unchanged unless you change it.")
+    return "\n".join(lines)
+
+
+def _extension(advice: OrderAdvice, check: OrderCheck) -> dict[str, Any]:
+    order = advice.order
+    extension: dict[str, Any] = prune(
+        {
+            f"{EXTENSION_KEY}.order-check": {
+                "draftOrder": order.reference,
+                "rule": advice.rule_id,
+                "section": advice.section,
+                "gates": list(check.settings),
+                "resolvedBy": list(order.resolved_by),
+                "drugClasses": [c.value for c in order.drug_classes],
+                "tests": [a.value for a in order.analytes] + [p.value for p in order.procedures],
+                "evidence": [
+                    {
+                        "reference": e.reference,
+                        "code": e.code,
+                        "display": e.display,
+                        "value": e.value,
+                        "unit": e.unit,
+                        "reported": e.reported,
+                        "date": e.date.isoformat() if e.date else None,
+                        "referenceRange": e.reference_range,
+                    }
+                    for e in advice.evidence
+                ],
+                "sources": list(advice.sources),
+            }
+        }
+    )
+    return extension
+
+
+def order_card(
+    advice: OrderAdvice,
+    index: int,
+    check: OrderCheck,
+    kb: KnowledgeBase,
+    knowledge: OrderKnowledge,
+    hook_instance: uuid.UUID,
+) -> Card:
+    """The card of one draft order."""
+    topic = TOPICS[advice.kind]
+    name = f"{topic}/{advice.order.reference or index}"
+    suggestions: list[Suggestion] | None = None
+    if advice.delete_draft and advice.order.reference is not None:
+        label = str(knowledge.repeat_card["suggestion"])
+        suggestions = [
+            Suggestion(
+                label=label,
+                uuid=card_uuid(hook_instance, f"{name}/remove"),
+                actions=[
+                    Action(
+                        type="delete",
+                        description=f"{label}: {advice.order.label or advice.order.name}",
+                        resource_id=advice.order.reference,
+                    )
+                ],
+            )
+        ]
+    reasons = knowledge.override_reasons["medication" if advice.kind == "medication" else advice.kind]
+    return Card(
+        uuid=card_uuid(hook_instance, name),
+        summary=shorten(advice.summary),
+        detail=_detail(advice),
+        indicator="warning" if advice.indicator == "warning" else "info",
+        source=Source(
+            label=SOURCE_LABEL,
+            url=SOURCE_URL,
+            topic=Coding(system=TOPIC_SYSTEM, code=topic, display=TOPIC_DISPLAY[topic]),
+        ),
+        suggestions=suggestions,
+        selection_behavior="at-most-one" if suggestions else None,
+        override_reasons=[OverrideReason(system=OVERRIDE_SYSTEM, code=code, display=text) for code, text in reasons],
+        links=_links(kb, advice.sources),
+        extension=_extension(advice, check),
+    )
+
+
+def render_order_cards(
+    check: OrderCheck, kb: KnowledgeBase, knowledge: OrderKnowledge, hook_instance: uuid.UUID
+) -> list[Card]:
+    """One card per draft order with advice, warnings first."""
+    ordered = sorted(enumerate(check.advice), key=lambda item: (item[1].indicator != "warning", item[0]))
+    return [order_card(advice, index, check, kb, knowledge, hook_instance) for index, advice in ordered]
