@@ -38,6 +38,7 @@ ROUTES = frozenset({"any", "parenteral", "enteral", "systemic"})
 USES = frozenset({"any", "binder", "supplement"})
 ALTERNATIVE_WHEN = frozenset({"always", "pth-high", "binder"})
 CKD_BANDS = frozenset({"none", "G3", "G4", "G5"})
+LESION_RULES = frozenset({"CC-CPX-LESION", "CC-CPX-NONUREMIC"})
 #: Routes that are not systemic (15.1: glucocorticoids by these routes are no risk factor).
 LOCAL_ROUTES = (
     "topical", "intralesional", "intra-articular", "intraarticular", "inhal", "ophthalmic", "otic",
@@ -408,12 +409,14 @@ def _gates(ctx: PatientContext, kb: KnowledgeBase, documented: bool) -> _Gates:
     if calciphylaxis is not None and any(f.rule_id == "CC-CPX-CODED" for f in calciphylaxis.findings):
         pattern = "Calciphylaxis on file"
         pattern_evidence = next(f.evidence for f in calciphylaxis.findings if f.rule_id == "CC-CPX-CODED")
-    elif calciphylaxis is not None and calciphylaxis.likelihood is Likelihood.POSSIBLE:
-        pattern = "Suspected calciphylaxis" if documented else "Elevated calciphylaxis risk"
-        pattern_evidence = tuple(e for f in calciphylaxis.findings for e in f.evidence)[:4]
+    elif calciphylaxis is not None and any(f.rule_id in LESION_RULES for f in calciphylaxis.findings):
+        # Ischemic or necrotic lesions: suspected calciphylaxis. The risk pattern alone is only
+        # "elevated risk", never "possible calciphylaxis" (9, 11.4).
+        pattern = "Suspected calciphylaxis"
+        pattern_evidence = tuple(e for f in calciphylaxis.findings if f.rule_id in LESION_RULES for e in f.evidence)[:3]
     elif risk.pattern == "met":
         pattern = "Elevated calciphylaxis risk"
-        pattern_evidence = risk_evidence(risk)[:4]
+        pattern_evidence = tuple(e for factor in risk.major for e in factor.evidence[:1])[:3]
     elif documented and ctx.kidney.on_dialysis:
         # 15.4: once the patient is on dialysis (G5D), 15.1 applies even to dystrophic calcinosis.
         pattern = "Calcinosis on dialysis"

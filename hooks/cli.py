@@ -31,6 +31,7 @@ from hooks.models import HookRequest
 from hooks.outbound import OutboundPolicy
 from hooks.overload import GuardedHttpToolsProtocol
 from hooks.prefetch import DataUnobtainableError
+from hooks.registry import DeclaredService, build_registry
 from hooks.sandbox_data import ANCHOR, ScenarioError, bundle_anchor, load_scenarios, shift_dates
 from hooks.service import CalcinosisService, InvalidContextError
 from hooks.settings import Settings
@@ -52,7 +53,7 @@ def _load(path: str) -> Any:
         raise UsageError(f"{path} is not valid JSON") from error
 
 
-def run_hook(service: CalcinosisService, request: HookRequest) -> dict[str, Any]:
+def run_hook(service: CalcinosisService | DeclaredService, request: HookRequest) -> dict[str, Any]:
     """The response the service gives to `request`, fetching from its fhirServer if needed. The
     command's user names the server (`--fhir-server`, or the request file's `fhirServer`), so the
     outbound policy is exactly that server: every read, search and next link must stay under it."""
@@ -60,7 +61,8 @@ def run_hook(service: CalcinosisService, request: HookRequest) -> dict[str, Any]
 
     async def run() -> dict[str, Any]:
         async with httpx.AsyncClient(follow_redirects=False) as http:
-            return (await service.handle(request, http, policy)).response.wire()
+            handler = service.handler if isinstance(service, DeclaredService) else service.handle
+            return (await handler(request, http, policy, None)).response.wire()
 
     try:
         return asyncio.run(run())
@@ -91,7 +93,10 @@ def evaluate(path: str, settings: Settings) -> dict[str, Any]:
             fields = "; ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in error.errors()[:10])
             raise UsageError(f"not a valid CDS Hooks request: {fields}") from error
 
-        return run_hook(service, request)
+        declared = next((d for d in build_registry(settings, service) if d.hook == request.hook), None)
+        if declared is None:
+            raise UsageError(f"no service of this deployment answers the '{request.hook}' hook")
+        return run_hook(declared, request)
     raise UsageError("expected a FHIR Bundle (resourceType Bundle) or a CDS Hooks request (with 'hook')")
 
 
@@ -119,15 +124,24 @@ def load_sandbox(fhir_server: str, token: str | None, directory: str | None, shi
     return lines
 
 
-def check(fhir_server: str, patient_id: str, token: str | None, settings: Settings) -> dict[str, Any]:
+def check(
+    fhir_server: str, patient_id: str, token: str | None, settings: Settings, draft_orders: str | None = None
+) -> dict[str, Any]:
     """The service's patient-view answer for a patient on a FHIR server, with no prefetch, as an
-    EHR would get it: every resource is fetched through `fhirServer`."""
+    EHR would get it: every resource is fetched through `fhirServer`. With `draft_orders` (a file
+    holding a FHIR Bundle of unsigned orders) the order-sign answer for those orders instead."""
     body: dict[str, Any] = {
         "hook": "patient-view",
         "hookInstance": str(uuid.uuid4()),
         "fhirServer": fhir_server.rstrip("/"),
         "context": {"userId": "Practitioner/calcinosis-cds-check", "patientId": patient_id},
     }
+    if draft_orders is not None:
+        orders = _load(draft_orders)
+        if not isinstance(orders, dict) or orders.get("resourceType") != "Bundle":
+            raise UsageError(f"{draft_orders} must hold a FHIR Bundle of draft orders (MedicationRequest, ServiceRequest)")
+        body["hook"] = "order-sign"
+        body["context"]["draftOrders"] = orders
     if token:
         body["fhirAuthorization"] = {
             "access_token": token,
@@ -142,12 +156,15 @@ def check(fhir_server: str, patient_id: str, token: str | None, settings: Settin
         raise UsageError(
             "invalid --fhir-server or --patient: " + "; ".join(e["msg"] for e in error.errors())
         ) from error
-    return run_hook(CalcinosisService(settings), request)
+    declared = next(d for d in build_registry(settings) if d.hook == request.hook)
+    return run_hook(declared, request)
 
 
-def describe_cards(response: dict[str, Any]) -> str:
+def describe_cards(response: dict[str, Any], order_sign: bool = False) -> str:
     """The cards as an integration engineer reads them on a terminal."""
     cards = response.get("cards", [])
+    if not cards and order_sign:
+        return "no cards (none of these draft orders needs one for this patient)"
     if not cards:
         return "no cards (calcinosis is not documented for this patient)"
     lines = []
@@ -169,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("evaluate", help="print the cards for a FHIR Bundle or CDS Hooks request file")
     run.add_argument("path", help="JSON file, or - for standard input")
     commands.add_parser("feedback-report", help="acceptance rate per card topic and top override reasons (read-only)")
-    checking = commands.add_parser("check", help="run patient-view with no prefetch against a FHIR server")
+    checking = commands.add_parser(
+        "check", help="run patient-view (or order-sign, with --draft-orders) with no prefetch against a FHIR server"
+    )
+    checking.add_argument(
+        "--draft-orders", help="JSON file with a FHIR Bundle of unsigned orders: run the order-sign service on them"
+    )
     checking.add_argument("--fhir-server", required=True, help="FHIR R4 base URL")
     checking.add_argument("--patient", required=True, help="Patient id on that server")
     checking.add_argument("--token", help="bearer token for the FHIR server")
@@ -209,11 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("check", "sandbox"):
         try:
             if args.command == "check":
-                response = check(args.fhir_server, args.patient, args.token, settings)
+                response = check(args.fhir_server, args.patient, args.token, settings, args.draft_orders)
                 text = (
                     orjson.dumps(response, option=orjson.OPT_INDENT_2).decode()
                     if args.json
-                    else describe_cards(response)
+                    else describe_cards(response, args.draft_orders is not None)
                 )
                 sys.stdout.write(text + "\n")
             else:

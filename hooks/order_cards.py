@@ -41,14 +41,12 @@ def _date(value: datetime | None) -> str:
 
 
 def _evidence_line(evidence: Evidence) -> str:
-    """'Phosphate 7.9 mg/dL, 2026-10-30': name, value as reported, date; no record ids."""
-    name = evidence.display or "Record entry"
-    parts = [md(name)]
-    if evidence.reported:
-        parts.append(md(evidence.reported))
-    if evidence.reference_range:
-        parts.append(f"range {md(evidence.reference_range)}")
-    return " ".join(parts[:2]) + (f", {parts[2]}" if len(parts) > 2 else "") + f", {_date(evidence.date)}"
+    """'Phosphate 2.55 mmol/L, 2026-10-26': the test's short name, the value as the lab reported
+    it, and the date; no record ids, no converted ranges."""
+    name = (evidence.display or "Record entry").split(" [")[0]
+    value = f" {md(evidence.reported)}" if evidence.reported else ""
+    flag = ", above the lab's range" if evidence.interpretation == "high" else ""
+    return f"{md(name)}{value}{flag}, {_date(evidence.date)}"
 
 
 def _links(kb: KnowledgeBase, keys: tuple[str, ...]) -> list[Link] | None:

@@ -248,3 +248,52 @@ def shift_dates(bundle: Mapping[str, Any], anchor: date, today: date) -> dict[st
     shifted = _shift(bundle, days)
     assert isinstance(shifted, dict)
     return shifted
+
+
+@dataclass(frozen=True, slots=True)
+class OrderScenario:
+    """A draft-order scenario of the order-sign service: a `draftOrders` Bundle for one sandbox
+    patient, and the cards expected (indicator, topic, rule), in response order; () is silence."""
+
+    name: str
+    patient_id: str
+    description: str
+    draft_orders: dict[str, Any]
+    expected_cards: tuple[tuple[str, str, str], ...]
+
+
+def draft_orders_dir() -> Path:
+    """deploy/fhir-sandbox/draft-orders in the source tree (test data, like the patients)."""
+    return Path(__file__).resolve().parents[1] / "deploy" / "fhir-sandbox" / "draft-orders"
+
+
+def load_order_scenarios(directory: Path | None = None, patients: list[Scenario] | None = None) -> list[OrderScenario]:
+    """Every draft-order scenario, checked against its expected.json and against the patients it
+    names (a scenario for a patient that is not loaded would test nothing)."""
+    directory = directory or draft_orders_dir()
+    try:
+        index = json.loads((directory / EXPECTED_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ScenarioError(f"cannot read {directory / EXPECTED_FILE}: {error}") from error
+    raw = index.get("scenarios") if isinstance(index, dict) else None
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{EXPECTED_FILE}: needs a 'scenarios' object keyed by file name")
+    files = sorted(p for p in directory.glob("*.json") if p.name != EXPECTED_FILE)
+    if {p.name for p in files} != set(raw):
+        raise ScenarioError(f"{directory.name}/{EXPECTED_FILE} and the draft-order files disagree")
+    known = {s.patient_id for s in (patients if patients is not None else load_scenarios())}
+    scenarios: list[OrderScenario] = []
+    for path in files:
+        entry = raw[path.name]
+        try:
+            bundle = json.loads(path.read_text(encoding="utf-8"))
+            cards = tuple((str(a), str(b), str(c)) for a, b, c in entry["cards"])
+            patient_id, description = str(entry["patient_id"]), str(entry["description"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ScenarioError(f"{path.name}: {error}") from error
+        if patient_id not in known:
+            raise ScenarioError(f"{path.name}: no sandbox patient {patient_id!r}")
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise ScenarioError(f"{path.name}: must be a draftOrders Bundle")
+        scenarios.append(OrderScenario(path.stem, patient_id, description, bundle, cards))
+    return scenarios

@@ -1,0 +1,61 @@
+"""The sandbox's draft-order scenarios (deploy/fhir-sandbox/draft-orders) against their patients at
+the anchor day, in process: the cards expected.json records, in order, or silence."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, time
+from typing import Any
+
+import pytest
+
+from fhir_mapping import bundle_resources
+from hooks.models import OrderSignContext
+from hooks.order_sign import OrderSignService
+from hooks.sandbox_data import ANCHOR, OrderScenario, load_order_scenarios, load_scenarios
+from hooks.service import CalcinosisService
+from hooks.settings import Settings
+
+PATIENTS = {s.patient_id: s for s in load_scenarios()}
+ORDER_SCENARIOS = load_order_scenarios(patients=list(PATIENTS.values()))
+SERVICE = OrderSignService(CalcinosisService(Settings(feedback_database_url="memory://", auth_disabled=True)))
+
+
+def card_outcome(cards: list[Any]) -> list[tuple[str, str, str]]:
+    """(indicator, topic, rule) of each card, as expected.json records them."""
+    return [
+        (card["indicator"], card["source"]["topic"]["code"], card["extension"]["org.calcinosis-cds.order-check"]["rule"])
+        for card in cards
+    ]
+
+
+def test_the_issue_scenarios_are_all_there() -> None:
+    names = {s.name for s in ORDER_SCENARIOS}
+    assert names == {
+        "warfarin-calciphylaxis-coded",
+        "calcium-acetate-risk-pattern",
+        "calcitriol-iv-phosphate-metastatic",
+        "warfarin-ssc",
+        "repeat-pth-ssc",
+        "lactated-ringers-calciphylaxis",
+    }
+    assert any(not s.expected_cards for s in ORDER_SCENARIOS)
+
+
+def order_sign_context(scenario: OrderScenario) -> OrderSignContext:
+    return OrderSignContext.model_validate(
+        {"userId": "Practitioner/p", "patientId": scenario.patient_id, "draftOrders": scenario.draft_orders}
+    )
+
+
+@pytest.mark.parametrize("scenario", ORDER_SCENARIOS, ids=[s.name for s in ORDER_SCENARIOS])
+def test_draft_order_scenario_at_the_anchor(scenario: OrderScenario) -> None:
+    patient = PATIENTS[scenario.patient_id]
+    response = SERVICE.respond(
+        list(bundle_resources(patient.bundle)),
+        SERVICE.draft_orders(order_sign_context(scenario)),
+        scenario.patient_id,
+        uuid.uuid4(),
+        datetime.combine(ANCHOR, time(12), tzinfo=UTC),
+    )
+    assert card_outcome(response.wire()["cards"]) == list(scenario.expected_cards)
