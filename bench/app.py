@@ -21,6 +21,7 @@ from hooks.settings import Settings
 
 FLOOR_PATH = "/bench/floor"
 SERVICE_PATH = "/cds-services/calcinosis"
+ORDER_SIGN_PATH = "/cds-services/calcinosis-order-sign"
 
 
 def build_app(**settings: Any) -> FastAPI:

@@ -291,6 +291,22 @@ class Chart:
     def request_bytes(self, **kwargs: Any) -> bytes:
         return orjson.dumps(self.request(**kwargs))
 
+    def order_sign_request(self) -> dict[str, Any]:
+        """An order-sign request with the same prefetch (plus no encounter) and ten draft orders:
+        the orders a dialysis patient's clinician signs together, most of them ones section 15
+        names, so the whole order check runs."""
+        body = self.request()
+        body["hook"] = "order-sign"
+        body["context"]["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": order} for order in draft_orders(self.patient_id)],
+        }
+        return body
+
+    def order_sign_bytes(self) -> bytes:
+        return orjson.dumps(self.order_sign_request())
+
     def transaction(self) -> dict[str, Any]:
         """A FHIR transaction Bundle of `PUT Type/id` entries (keeps the ids)."""
         return {
@@ -596,6 +612,44 @@ def long_dialysis(
     for i in range(110):
         b.procedure(SNOMED, "302497006", "Hemodialysis (procedure)", 2 + i * 66)
     return Chart("dialysis20", b.patient_id, b.resources)
+
+
+#: Ten draft orders (RxNorm or LOINC where the value sets confirm a code, names otherwise).
+DRAFT_ORDERS = (
+    ("MedicationRequest", RXNORM, "855332", "warfarin sodium 5 MG Oral Tablet", "oral"),
+    ("MedicationRequest", None, None, "calcium acetate 667 MG Oral Capsule", "oral"),
+    ("MedicationRequest", RXNORM, "308867", "calcitriol 0.25 MCG Oral Capsule", "oral"),
+    ("MedicationRequest", None, None, "potassium phosphates 3 MMOL/ML Injectable Solution", "intravenous"),
+    ("MedicationRequest", None, None, "prednisone 20 MG Oral Tablet", "oral"),
+    ("MedicationRequest", None, None, "Lactated Ringer's Injectable Solution 1000 mL", "intravenous"),
+    ("MedicationRequest", None, None, "amoxicillin 500 MG Oral Capsule", "oral"),
+    ("MedicationRequest", RXNORM, "5224", "heparin sodium 5000 UNT/ML Injectable Solution", "subcutaneous"),
+    ("ServiceRequest", "http://loinc.org", "2731-8", "Parathyrin.intact [Mass/volume] in Serum or Plasma", None),
+    ("ServiceRequest", "http://loinc.org", "2777-1", "Phosphate [Mass/volume] in Serum or Plasma", None),
+)
+
+
+def draft_orders(patient_id: str) -> list[dict[str, Any]]:
+    """The ten draft orders of `DRAFT_ORDERS` for a patient."""
+    orders: list[dict[str, Any]] = []
+    for index, (kind, system, code, text, route) in enumerate(DRAFT_ORDERS):
+        concept: dict[str, Any] = {"text": text}
+        if code is not None:
+            concept["coding"] = [{"system": system, "code": code, "display": text}]
+        order: dict[str, Any] = {
+            "resourceType": kind,
+            "id": f"draft-{index + 1}",
+            "status": "draft",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{patient_id}"},
+        }
+        if kind == "MedicationRequest":
+            order["medicationCodeableConcept"] = concept
+            order["dosageInstruction"] = [{"route": {"text": route}}]
+        else:
+            order["code"] = concept
+        orders.append(order)
+    return orders
 
 
 def charts(seed: int = 20261101) -> dict[str, Chart]:

@@ -151,6 +151,7 @@ class OrderKnowledge:
     override_reasons: dict[str, tuple[tuple[str, str], ...]]
     treatment_classes: tuple[DrugClass, ...]
     thresholds: dict[str, float]
+    lab_retention_days: int = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +348,11 @@ def load_order_knowledge(kb: KnowledgeBase | None = None) -> OrderKnowledge:
         treatment = tuple(drug_classes[c] for c in data.get("treatment_lookback_classes", []))
     except KeyError as error:
         raise KnowledgeBaseError(f"orders.json treatment_lookback_classes: unknown class {error}") from error
-    return OrderKnowledge(tuple(rules), tuple(windows), card, reasons, treatment, thresholds)
+    retention = data.get("lab_retention_days")
+    longest = max((days for w in windows for days in w.outpatient_days.values()), default=0)
+    if not isinstance(retention, int) or retention <= longest:
+        raise KnowledgeBaseError("orders.json: 'lab_retention_days' must be an integer beyond every re-test interval")
+    return OrderKnowledge(tuple(rules), tuple(windows), card, reasons, treatment, thresholds, retention)
 
 
 @lru_cache(maxsize=1)

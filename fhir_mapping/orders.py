@@ -21,7 +21,14 @@ from typing import Any
 
 from calcinosis.findings import Analyte, DrugClass, PatientFindings, ProcedureKind
 from calcinosis.knowledge_base import KnowledgeBase, default_knowledge
-from calcinosis.orders import DraftOrder, EncounterSetting, OrderCheck, OrderKnowledge, check_orders
+from calcinosis.orders import (
+    DraftOrder,
+    EncounterSetting,
+    OrderCheck,
+    OrderKnowledge,
+    check_orders,
+    default_order_knowledge,
+)
 from fhir_mapping.mapping import FindingsBuilder, bundle_resources, map_resources
 from fhir_mapping.pipeline import _without, default_terminology, validation_problem
 from fhir_mapping.terminology import LOINC, RXNORM, Finding, Terminology, normalise_system
@@ -321,13 +328,15 @@ def check_draft_orders(
     if not any(d.relevant for d in drafts):
         return OrderCheckResult(OrderCheck(()), None)
     kb = knowledge or default_knowledge()
-    mapped = map_resources(
-        resources, terminology or default_terminology(), as_of, patient_id, int(kb.value("lab-retention-days"))
-    )
+    knowledge_of_orders = order_knowledge or default_order_knowledge()
+    # The order checks look back a year at most (the patient-view rules two), so fewer lab results
+    # are read in detail: the order check costs less than a patient-view call on the same chart.
+    retention = min(int(kb.value("lab-retention-days")), knowledge_of_orders.lab_retention_days)
+    mapped = map_resources(resources, terminology or default_terminology(), as_of, patient_id, retention)
     findings = mapped.findings
     checked: set[str] = set()
     while True:
-        check = check_orders(findings, drafts, kb, order_knowledge, encounter)
+        check = check_orders(findings, drafts, kb, knowledge_of_orders, encounter)
         if not validate:
             return OrderCheckResult(check, findings)
         invalid: dict[str, str] = {}
