@@ -5,11 +5,25 @@ verbatim (HAPI pages with `_getpages` tokens, others with offsets or cursors, so
 built here), with a page cap, a per-request timeout that never runs past the request's deadline,
 and a response size cap. Redirects are not followed. Errors become `FhirFetchError` with a reason
 that is safe to log (status and kind, never the body or the token).
+
+A FHIR server's answer is bounded in memory and time before it is trusted with either:
+- decompression is done here in steps of at most `DECODE_STEP` bytes, and the size cap is
+  checked after each (a gzip bomb is stopped at the cap, not after inflating a network chunk a
+  thousandfold);
+- all answers of one hook request share one byte budget (`ByteBudget`), so pages whose next link
+  points to themselves stop at it, whatever the page cap;
+- the deadline is checked while reading, and the loop yields between steps, so a hostile answer
+  neither outlives the deadline nor holds up other requests;
+- a large answer is parsed in a worker thread, and the body is one buffer released as soon as it
+  is parsed (no list of chunks, no join copy), so memory returns to its level after each answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +35,13 @@ from hooks.metrics import FHIR_FETCHES, FHIR_LATENCY
 from hooks.outbound import FhirScope
 
 FHIR_JSON = "application/fhir+json, application/json;q=0.9"
+ACCEPT_ENCODING = "gzip, deflate"  # only what `_decoder` can inflate in bounded steps
+DECODE_STEP = 256 * 1024
+"""Most bytes one decompression step produces before the caps are checked again."""
+YIELD_EVERY_STEPS = 4
+"""Steps between two yields to the event loop (about 1 MB of output)."""
+PARSE_IN_THREAD_BYTES = 1_000_000
+"""Answers above this are parsed in a worker thread rather than on the event loop."""
 
 
 class FhirFetchError(Exception):
@@ -30,6 +51,45 @@ class FhirFetchError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+@dataclass(slots=True)
+class ByteBudget:
+    """Decoded bytes all FHIR answers of one hook request may still take (every page of every
+    search, every read)."""
+
+    remaining: int
+
+    def spend(self, size: int) -> None:
+        self.remaining -= size
+
+
+Decoder = Callable[[bytes], tuple[bytes, bytes]]
+"""Takes compressed input; returns at most `DECODE_STEP` bytes of output and the input not yet
+consumed (fed again until empty)."""
+
+
+def _decoder(content_encoding: str | None) -> Decoder:
+    """A bounded-step decoder for the answer's Content-Encoding (identity, gzip or deflate)."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+
+        def identity(data: bytes) -> tuple[bytes, bytes]:
+            return data[:DECODE_STEP], data[DECODE_STEP:]
+
+        return identity
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        # 32 + MAX_WBITS: a gzip or zlib header, detected; what "deflate" means in practice.
+        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)
+
+        def inflate(data: bytes) -> tuple[bytes, bytes]:
+            try:
+                return inflater.decompress(data, DECODE_STEP), inflater.unconsumed_tail
+            except zlib.error as error:
+                raise FhirFetchError("FHIR answer could not be decompressed") from error
+
+        return inflate
+    raise FhirFetchError("FHIR answer has an unsupported Content-Encoding")
 
 
 @dataclass(slots=True)
@@ -53,6 +113,7 @@ class FhirClient:
         request_timeout: float,
         max_bytes: int,
         page_cap: int,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.http = http
         self.scope = scope
@@ -62,10 +123,11 @@ class FhirClient:
         self.request_timeout = request_timeout
         self.max_bytes = max_bytes
         self.page_cap = page_cap
+        self.budget = budget or ByteBudget(max_bytes * page_cap)
         self.requests = 0
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Accept": FHIR_JSON}
+        headers = {"Accept": FHIR_JSON, "Accept-Encoding": ACCEPT_ENCODING}
         if self.access_token:
             headers["Authorization"] = f"Bearer {self.access_token}"
         return headers
@@ -118,27 +180,65 @@ class FhirClient:
                     )
                 if response.status_code >= 400:
                     raise FhirFetchError(f"FHIR server answered {response.status_code}", response.status_code)
-                declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise FhirFetchError("FHIR response larger than the size cap")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise FhirFetchError("FHIR response larger than the size cap")
-                    chunks.append(chunk)
+                body = await self._read_body(response)
         except httpx.TimeoutException as error:
             raise FhirFetchError("FHIR request timed out") from error
         except httpx.HTTPError as error:
             raise FhirFetchError(f"FHIR server unreachable ({type(error).__name__})") from error
         try:
-            body = decode_resource(b"".join(chunks))
+            if len(body) > PARSE_IN_THREAD_BYTES:
+                # A large answer is parsed in a worker thread: the event loop keeps serving other
+                # requests and keeps the deadline's timer running meanwhile.
+                decoded = await asyncio.to_thread(decode_resource, body)
+            else:
+                decoded = decode_resource(body)
         except orjson.JSONDecodeError as error:
             raise FhirFetchError("FHIR server answered with invalid JSON") from error
-        if not isinstance(body, dict):
+        finally:
+            del body
+        if not isinstance(decoded, dict):
             raise FhirFetchError("FHIR server answered with a non-object JSON body")
+        return decoded
+
+    async def _read_body(self, response: httpx.Response) -> bytearray:
+        """The decoded body, within the page cap and what is left of the request's byte budget,
+        and before the deadline.
+
+        Decompression is done here, not by httpx, because httpx inflates each network chunk in
+        one call: a 64 KB chunk of a gzip bomb becomes 64 MB before any cap can look at it. Here
+        every step produces at most `DECODE_STEP` bytes, the caps are checked after each, and the
+        loop yields between steps so that other requests (and the deadline) are not held up.
+        """
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > min(self.max_bytes, self.budget.remaining):
+            raise self._too_large(int(declared))
+        decoder = _decoder(response.headers.get("content-encoding"))
+        body = bytearray()
+        steps = 0
+        async for raw in response.aiter_raw():
+            data = raw
+            while True:
+                piece, data = decoder(data)
+                body += piece
+                # Spent as it is read: concurrent searches of one call share the budget.
+                self.budget.spend(len(piece))
+                if len(body) > self.max_bytes or self.budget.remaining < 0:
+                    raise self._too_large(len(body))
+                steps += 1
+                if steps % YIELD_EVERY_STEPS == 0:
+                    if time.monotonic() > self.deadline:
+                        raise FhirFetchError("FHIR request timed out (deadline reached while reading)")
+                    await asyncio.sleep(0)
+                if not data and len(piece) < DECODE_STEP:
+                    break  # input used up and no output left waiting (a full step may have more)
+            if time.monotonic() > self.deadline:
+                raise FhirFetchError("FHIR request timed out (deadline reached while reading)")
         return body
+
+    def _too_large(self, size: int) -> FhirFetchError:
+        if size > self.max_bytes:
+            return FhirFetchError("FHIR response larger than the size cap")
+        return FhirFetchError("FHIR answers larger in total than the per-request byte cap")
 
     async def read(self, path: str) -> dict[str, Any] | None:
         """Read `Type/id`; None when it does not exist."""
@@ -147,11 +247,20 @@ class FhirClient:
             raise FhirFetchError("FHIR server answered with an OperationOutcome")
         return body
 
-    async def search(self, query: str, page_size: int | None = None) -> SearchResult:
-        """Run `Type?params` and follow next links up to the page cap."""
+    async def search(self, query: str, page_size: int | None = None, first_page_only: bool = False) -> SearchResult:
+        """Run `Type?params` and follow next links up to the page cap (or read only the first
+        page, for a search that asks for the newest few results)."""
         first = f"{self.base_url}/{query}"
         if page_size is not None and "_count=" not in query:
             first += ("&" if "?" in query else "?") + f"_count={page_size}"
+        if first_page_only:
+            result = SearchResult()
+            body = await self.get_json(first)
+            if body is None:
+                raise FhirFetchError("FHIR search answered 404 (type not supported)", 404)
+            result.pages = 1
+            self.add_bundle(body, result)
+            return result
         return await self.follow(first, SearchResult())
 
     async def follow(self, url: str | None, result: SearchResult) -> SearchResult:

@@ -25,14 +25,15 @@ import asyncio
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
 
 from calcinosis.findings import Analyte
-from fhir_mapping.mapping import bundle_resources
+from fhir_mapping.mapping import DEFAULT_LAB_RETENTION_DAYS, OBSERVATION_COUNTS, bundle_resources
 from fhir_mapping.terminology import LOINC, Terminology
-from hooks.fhir_client import FhirClient, FhirFetchError, SearchResult
+from hooks.fhir_client import ByteBudget, FhirClient, FhirFetchError, SearchResult
 from hooks.models import FHIR_ID, HookRequest
 from hooks.outbound import OutboundPolicy
 from hooks.settings import Settings
@@ -107,6 +108,88 @@ def prefetch_keys(terminology: Terminology) -> tuple[PrefetchKey, ...]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class LabWindow:
+    """How the service searches Observations itself (no prefetch): only what the rules read.
+
+    The mapping uses every result of the last `retention_days` and, of each analyte, the newest
+    older one (`fhir_mapping.mapping`). So the search is cut by date:
+    - the window, split into `slices` date ranges searched concurrently (each paged on its own);
+    - at the same time, one search for the newest older results of every analyte (`_sort=-date`,
+      the statuses the mapping counts, one page of `older_page`): the first result of an analyte
+      there is its newest older one, and if the page is not full it holds them all;
+    - then, only for analytes that page did not show (when it was full), one search each for
+      its newest older result.
+    A 20-year dialysis chart is then a few pages of the last two years, one page of older results
+    and a handful of one-result searches, instead of 10,000+ Observations read page after page.
+
+    The `date` search parameter indexes `effective[x]`: an Observation with only `issued` (no
+    effective time) is not found by a date-cut search. US Core requires an effective time on
+    laboratory results; the prefetch template, which EHRs resolve, is not cut by date.
+    """
+
+    analyte_codes: tuple[tuple[str, str], ...]
+    """(analyte, comma-separated `system|code` list) for the newest-older searches."""
+    retention_days: int = DEFAULT_LAB_RETENTION_DAYS
+    slices: int = 2
+    older_page: int = 200
+    counted_statuses: str = ",".join(sorted(OBSERVATION_COUNTS))
+
+    def start(self, now: datetime) -> date:
+        """First day of the window. One day of margin for time zones: the mapping's cut-off is a
+        moment, search dates are days; results in the margin are read as older ones anyway."""
+        return (now - timedelta(days=self.retention_days + 1)).date()
+
+    def queries(self, patient_id: str, codes: str, now: datetime) -> tuple[list[str], str]:
+        """The window's searches, and the search for the newest older results of all analytes."""
+        start = self.start(now)
+        span = (now.date() - start).days + 1
+        edges = [start + timedelta(days=span * i // self.slices) for i in range(self.slices)]
+        base = f"Observation?patient={patient_id}&code={codes}"
+        window = []
+        for i, edge in enumerate(edges):
+            # The last range is open: results dated in the future are kept too.
+            upper = f"&date=lt{edges[i + 1].isoformat()}" if i + 1 < len(edges) else ""
+            window.append(f"{base}&date=ge{edge.isoformat()}{upper}")
+        older = (
+            f"{base}&status={self.counted_statuses}&date=lt{start.isoformat()}&_sort=-date&_count={self.older_page}"
+        )
+        return window, older
+
+    def newest_older(self, patient_id: str, analytes: list[str], now: datetime) -> list[str]:
+        """One search per analyte for its newest older result."""
+        start = self.start(now).isoformat()
+        codes = dict(self.analyte_codes)
+        return [
+            f"Observation?patient={patient_id}&code={codes[analyte]}&status={self.counted_statuses}"
+            f"&date=lt{start}&_sort=-date&_count=2"
+            for analyte in analytes
+        ]
+
+    def not_shown(self, older: list[dict[str, Any]]) -> list[str]:
+        """Analytes without a result in a full page of newest older results."""
+        if len(older) < self.older_page:
+            return []  # the page held every older result: nothing more to find
+        seen: set[str] = set()
+        for resource in older:
+            concept = resource.get("code")
+            codings = concept.get("coding") if isinstance(concept, dict) else None
+            for coding in codings if isinstance(codings, list) else ():
+                if isinstance(coding, dict):
+                    seen.add(f"{coding.get('system')}|{coding.get('code')}")
+        return [analyte for analyte, codes in self.analyte_codes if not seen & set(codes.split(","))]
+
+
+def lab_window(terminology: Terminology) -> LabWindow:
+    """The date-cut Observation searches for the analytes the rules read."""
+    by_analyte: dict[str, set[str]] = {}
+    for (system, code), findings in terminology.codes.items():
+        for finding in findings:
+            if isinstance(finding, Analyte):
+                by_analyte.setdefault(finding.value, set()).add(f"{system}|{code}")
+    return LabWindow(tuple((analyte, ",".join(sorted(codes))) for analyte, codes in sorted(by_analyte.items())))
+
+
 Job = Callable[[], Coroutine[Any, Any, list[dict[str, Any]]]]
 """A deferred fetch returning resources."""
 
@@ -176,6 +259,16 @@ def _of_type(resources: Iterable[Any], resource_type: str) -> list[dict[str, Any
     return kept
 
 
+async def _all(searches: list[Coroutine[Any, Any, SearchResult]]) -> list[SearchResult]:
+    """Run searches concurrently; the first failure cancels the others and is raised."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(search) for search in searches]
+    except* FhirFetchError as failures:
+        raise failures.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
 class PrefetchResolver:
     """Resolves the prefetch of one request, fetching what is missing."""
 
@@ -186,7 +279,11 @@ class PrefetchResolver:
         http: httpx.AsyncClient | None,
         documents_calcinosis: Callable[[list[dict[str, Any]]], bool],
         policy: OutboundPolicy,
+        window: LabWindow | None = None,
+        as_of: datetime | None = None,
     ) -> None:
+        self.window = window
+        self.as_of = as_of
         self.policy = policy
         self.keys = keys
         self.settings = settings
@@ -209,6 +306,7 @@ class PrefetchResolver:
             self.settings.fhir_request_timeout_seconds,
             self.settings.fhir_max_response_bytes,
             self.settings.fhir_page_cap,
+            ByteBudget(self.settings.fhir_max_request_bytes),
         )
 
     async def resolve(self, request: HookRequest, patient_id: str) -> ResolvedData:
@@ -297,12 +395,39 @@ class PrefetchResolver:
             if spec.is_read:
                 resource = await client.read(query)
                 return [] if resource is None else _of_type([resource], spec.resource_type)
+            if spec.resource_type == "Observation" and self.window is not None:
+                return await self._windowed(client, query, patient_id)
             result = await client.search(query, self.settings.fhir_page_size)
             if result.truncated:
                 raise FhirFetchError(f"more than {client.page_cap} pages")
             return _of_type(result.resources, spec.resource_type)
 
         return run
+
+    async def _windowed(self, client: FhirClient, query: str, patient_id: str) -> list[dict[str, Any]]:
+        """The Observations the rules read, by date-cut searches run concurrently (`LabWindow`)."""
+        assert self.window is not None
+        now = self.as_of or datetime.now(UTC)
+        codes = query.split("&code=", 1)[1].split("&", 1)[0] if "&code=" in query else ""
+        window, older = self.window.queries(patient_id, codes, now)
+        searches = [client.search(q, self.settings.fhir_page_size) for q in window]
+        results = await _all(searches + [client.search(older, first_page_only=True)])
+        missing = self.window.not_shown(results[-1].resources)
+        if missing:
+            newest = self.window.newest_older(patient_id, missing, now)
+            results += await _all([client.search(q, first_page_only=True) for q in newest])
+        if any(result.truncated for result in results):
+            raise FhirFetchError(f"more than {client.page_cap} pages")
+        seen: set[str] = set()
+        resources: list[dict[str, Any]] = []
+        for result in results:
+            for resource in _of_type(result.resources, "Observation"):
+                ident = resource.get("id")
+                key = ident if isinstance(ident, str) else str(id(resource))
+                if key not in seen:  # found by two searches (a Period across a range edge)
+                    seen.add(key)
+                    resources.append(resource)
+        return resources
 
     async def _run(self, jobs: dict[str, Job], data: ResolvedData, client: FhirClient) -> None:
         """Run the fetches concurrently under the deadline; stop early when there is no calcinosis."""

@@ -20,7 +20,7 @@ from hooks.card_ids import CardIds
 from hooks.cards import render_cards, warm_up_orders
 from hooks.models import HookRequest, HookResponse, PatientViewContext, ServiceDescription
 from hooks.outbound import OutboundPolicy
-from hooks.prefetch import PrefetchResolver, ResolvedData, prefetch_keys
+from hooks.prefetch import PrefetchResolver, ResolvedData, lab_window, prefetch_keys
 from hooks.settings import Settings
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class CalcinosisService:
         self.knowledge = knowledge or default_knowledge()
         self.terminology = terminology or load_terminology(settings.local_valuesets, settings.include_unconfirmed_codes)
         self.keys = prefetch_keys(self.terminology)
+        self.window = lab_window(self.terminology)
         self.card_ids = CardIds(settings.card_id_key)
         warm_up_validation()
         warm_up_orders()
@@ -131,7 +132,9 @@ class CalcinosisService:
         HTTP layer passes the verified caller's (`Authenticator.outbound_policy`), the command
         line exactly the server its user named."""
         context = self.context(request)
-        resolver = PrefetchResolver(self.keys, self.settings, http, self.documents_calcinosis, policy)
+        resolver = PrefetchResolver(
+            self.keys, self.settings, http, self.documents_calcinosis, policy, self.window, as_of
+        )
         data = await resolver.resolve(request, context.patient_id)
         if data.silent:
             return Outcome(HookResponse(cards=[]), data, context.patient_id)

@@ -35,7 +35,12 @@ class Settings(BaseSettings):
     fhir_page_cap: int = Field(default=20, ge=1, le=1000, description="Most search pages followed per query.")
     fhir_page_size: int = Field(default=200, ge=1, le=1000, description="`_count` asked of the FHIR server.")
     fhir_max_response_bytes: int = Field(
-        default=20_000_000, ge=10_000, description="Largest FHIR response read (one page)."
+        default=20_000_000, ge=10_000, description="Largest FHIR response read (one page, decoded bytes)."
+    )
+    fhir_max_request_bytes: int = Field(
+        default=MAX_BODY_BYTES_DEFAULT,
+        ge=10_000,
+        description="Most decoded bytes of all FHIR answers of one hook call together (every page of every search).",
     )
     local_valuesets: str | None = Field(
         default=None, description="File or folder of FHIR ValueSets adding site-local codes."
