@@ -35,6 +35,10 @@ class TrustedClient:
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     fhir_servers: tuple[str, ...] = ()
     allow_http_fhir: bool = False
+    audience: str | None = None
+    """An `aud` this client sends on every call, accepted on every endpoint besides the exact
+    endpoint URL: Epic's audience is typed in by the health system, once, so its feedback calls
+    carry the service URL too."""
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples, so a client cannot be changed after it was checked.
@@ -61,6 +65,10 @@ class TrustedClient:
             raise AuthConfigError("'tenant' must be a non-empty string when given")
         if not isinstance(self.allow_http_fhir, bool):
             raise AuthConfigError("'allow_http_fhir' must be true or false")
+        if self.audience is not None and (
+            not isinstance(self.audience, str) or not self.audience.startswith(("https://", "http://"))
+        ):
+            raise AuthConfigError("'audience' must be an absolute http(s) URL, the aud the client sends")
         for url in self.fhir_servers:
             parsed = parse_base(url) if isinstance(url, str) else None
             if parsed is None:
@@ -134,7 +142,7 @@ def _check_static_jwks(jwks: Any, algorithms: tuple[str, ...]) -> None:
 
 
 _CLIENT_FIELDS = frozenset(
-    {"issuer", "jku", "jwks", "jwks_file", "tenant", "algorithms", "fhir_servers", "allow_http_fhir"}
+    {"issuer", "jku", "jwks", "jwks_file", "tenant", "algorithms", "fhir_servers", "allow_http_fhir", "audience"}
 )
 
 
@@ -143,7 +151,7 @@ def load_trusted_clients(source: str) -> tuple[TrustedClient, ...]:
 
         {"clients": [{"issuer": "...", "jku": ["https://..."], "jwks": {...} or "jwks_file": "path",
                       "tenant": "...", "algorithms": ["ES384"], "fhir_servers": ["https://.../"],
-                      "allow_http_fhir": false}]}
+                      "allow_http_fhir": false, "audience": "https://..."}]}
 
     `jwks_file` is relative to the configuration file (or to the working directory for inline
     JSON). Unknown fields are errors, since a misspelt "tennant" would silently disable a check.
@@ -218,6 +226,7 @@ def _client_from_entry(entry: Any, base: Path) -> TrustedClient:
         algorithms=tuple(entry.get("algorithms", DEFAULT_ALGORITHMS)),
         fhir_servers=tuple(entry.get("fhir_servers", ())),
         allow_http_fhir=allow_http,
+        audience=entry.get("audience"),
     )
 
 
