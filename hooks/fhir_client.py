@@ -163,28 +163,29 @@ class FhirClient:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise FhirFetchError("deadline reached before the request")
-        timeout = httpx.Timeout(min(self.request_timeout, remaining))
-        self.requests += 1
-        try:
-            async with self.http.stream(
-                "GET", url, headers=self._headers(), timeout=timeout, follow_redirects=False
-            ) as response:
-                if response.status_code in (404, 410):
-                    return None
-                if response.status_code in (401, 403):
-                    raise FhirFetchError(f"FHIR server refused access ({response.status_code})", response.status_code)
-                if 300 <= response.status_code < 400:
-                    raise FhirFetchError(
-                        f"FHIR server redirected ({response.status_code}); redirects are not followed",
-                        response.status_code,
-                    )
-                if response.status_code >= 400:
-                    raise FhirFetchError(f"FHIR server answered {response.status_code}", response.status_code)
-                body = await self._read_body(response)
-        except httpx.TimeoutException as error:
-            raise FhirFetchError("FHIR request timed out") from error
-        except httpx.HTTPError as error:
-            raise FhirFetchError(f"FHIR server unreachable ({type(error).__name__})") from error
+        for attempt in (1, 2):
+            timeout = httpx.Timeout(min(self.request_timeout, max(0.001, self.deadline - time.monotonic())))
+            self.requests += 1
+            answered = False
+            try:
+                async with self.http.stream(
+                    "GET", url, headers=self._headers(), timeout=timeout, follow_redirects=False
+                ) as response:
+                    answered = True
+                    if response.status_code in (404, 410):
+                        return None
+                    self._check_status(response.status_code)
+                    body = await self._read_body(response)
+                break
+            except httpx.TimeoutException as error:
+                raise FhirFetchError("FHIR request timed out") from error
+            except (httpx.RemoteProtocolError, httpx.ReadError) as error:
+                # A kept-alive connection the server closed just as it was reused fails before
+                # any answer: a GET is safe to send once more, on a new connection.
+                if answered or attempt == 2 or time.monotonic() >= self.deadline:
+                    raise FhirFetchError(f"FHIR server unreachable ({type(error).__name__})") from error
+            except httpx.HTTPError as error:
+                raise FhirFetchError(f"FHIR server unreachable ({type(error).__name__})") from error
         try:
             if len(body) > PARSE_IN_THREAD_BYTES:
                 # A large answer is parsed in a worker thread: the event loop keeps serving other
@@ -199,6 +200,15 @@ class FhirClient:
         if not isinstance(decoded, dict):
             raise FhirFetchError("FHIR server answered with a non-object JSON body")
         return decoded
+
+    @staticmethod
+    def _check_status(status: int) -> None:
+        if status in (401, 403):
+            raise FhirFetchError(f"FHIR server refused access ({status})", status)
+        if 300 <= status < 400:
+            raise FhirFetchError(f"FHIR server redirected ({status}); redirects are not followed", status)
+        if status >= 400:
+            raise FhirFetchError(f"FHIR server answered {status}", status)
 
     async def _read_body(self, response: httpx.Response) -> bytearray:
         """The decoded body, within the page cap and what is left of the request's byte budget,

@@ -195,3 +195,30 @@ def test_an_unsupported_content_encoding_is_refused(hostile: HostileServer) -> N
         _decoder("br")
     piece, rest = _decoder("identity")(b"x" * 10)
     assert piece == b"x" * 10 and rest == b""
+
+
+def test_a_connection_closed_before_any_answer_is_retried_once_on_a_new_one() -> None:
+    """A kept-alive connection the server closed as it was reused (Node closes idle ones after
+    5 s) fails before any answer: the GET is sent once more, and only once."""
+    import respx
+
+    base = "https://fhir.example.org/r4"
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+
+    async def scenario(answers: list[Any]) -> tuple[str | None, int]:
+        with respx.mock() as mock:
+            route = mock.get(url__startswith=base).mock(side_effect=answers)
+            async with httpx.AsyncClient() as http:
+                scope = OutboundPolicy([base]).scope(base)
+                assert scope is not None
+                fhir = FhirClient(http, scope, None, time.monotonic() + 30, 30.0, MB, 5)
+                try:
+                    await fhir.search("Observation?patient=p1")
+                    return None, route.call_count
+                except FhirFetchError as error:
+                    return error.reason, route.call_count
+
+    retried = asyncio.run(scenario([httpx.ReadError("closed"), httpx.Response(200, json=bundle)]))
+    assert retried == (None, 2)
+    twice = asyncio.run(scenario([httpx.ReadError("closed"), httpx.RemoteProtocolError("closed")]))
+    assert twice == ("FHIR server unreachable (RemoteProtocolError)", 2)

@@ -424,6 +424,10 @@ for (const item of config.load) {
 
 // ---------------------------------------------------------------------------------------------
 server.on('error', (err) => fatal(`cannot listen on ${config.host}:${config.port}: ${err.message}`));
+// Searches over a large chart can hold the one thread for seconds; Node's 5 s keep-alive timeout
+// would then close idle client connections just as clients reuse them.
+server.keepAliveTimeout = 65_000;
+server.headersTimeout = 66_000;
 server.listen(config.port, config.host, () => {
   // The one and only stdout line; test harnesses parse the port from it.
   process.stdout.write(`FHIR sandbox listening on http://${hostPort()}/\n`);
