@@ -96,7 +96,9 @@ class OrderSignService:
             return Outcome(
                 HookResponse(cards=[]), ResolvedData(how={"draftOrders": "nothing to check"}), context.patient_id
             )
-        resolver = PrefetchResolver(self.keys, self.core.settings, http, lambda resources: True, policy)
+        resolver = PrefetchResolver(
+            self.keys, self.core.settings, http, lambda resources: True, policy, self.core.window, as_of
+        )
         data = await resolver.resolve(request, context.patient_id)
         if any(d.unresolved for d in drafts):
             drafts = self.draft_orders(context, data.resources)
