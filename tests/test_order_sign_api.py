@@ -204,3 +204,21 @@ def test_discovery_lists_both_services(app: Any) -> None:
         ("calcinosis", "patient-view"),
         ("calcinosis-order-sign", "order-sign"),
     ]
+
+
+def test_the_readme_example_request_is_a_valid_order_sign_call() -> None:
+    """The README's example is what the service accepts: a valid request, a valid context, and
+    both draft orders resolved (warfarin by its RxNorm code, PTH by its LOINC code)."""
+    from pathlib import Path
+
+    from fhir_mapping.orders import read_draft_orders
+    from hooks.models import HookRequest, OrderSignContext
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("Example (`order-sign.json`):", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    request = HookRequest.model_validate_json(block)
+    assert request.hook == "order-sign"
+    context = OrderSignContext.model_validate(request.context)
+    warfarin, pth = read_draft_orders(context.draft_orders)
+    assert [c.value for c in warfarin.drug_classes] == ["warfarin"] and warfarin.reference == "MedicationRequest/draft-1"
+    assert [a.value for a in pth.analytes] == ["pth-intact"] and pth.reference == "ServiceRequest/draft-2"
