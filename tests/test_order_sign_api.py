@@ -45,6 +45,7 @@ def clinician_text(card: dict[str, Any]) -> str:
         + [s["label"] for s in card.get("suggestions", [])]
         + [a["description"] for s in card.get("suggestions", []) for a in s.get("actions", [])]
         + [r["display"] for r in card.get("overrideReasons", [])]
+        + [link["label"] for link in card.get("links", [])]
     )
 
 
@@ -222,3 +223,14 @@ def test_the_readme_example_request_is_a_valid_order_sign_call() -> None:
     warfarin, pth = read_draft_orders(context.draft_orders)
     assert [c.value for c in warfarin.drug_classes] == ["warfarin"] and warfarin.reference == "MedicationRequest/draft-1"
     assert [a.value for a in pth.analytes] == ["pth-intact"] and pth.reference == "ServiceRequest/draft-2"
+
+
+def test_untrusted_fhir_server_is_never_called_and_the_call_is_412(app: Any) -> None:
+    """The outbound policy applies to order-sign as to patient-view: with authentication off only
+    loopback servers are called, so a chart that must be fetched from elsewhere is 412."""
+    body = order_sign_request(None, WARFARIN, with_server=True)
+    body.pop("prefetch", None)
+    response = post(app, ORDER_SIGN, body)
+    assert response.status_code == 412
+    assert "not a FHIR server trusted for this client" in response.json()["issue"][0]["diagnostics"]
+    assert "secret-token-value" not in response.text
