@@ -110,6 +110,9 @@ class DerivedValue:
     comparisons: tuple[Comparison, ...] = ()
     note: str | None = None
     date: datetime | None = None
+    method: str | None = None
+    """For an eGFR: "reported eGFR", or the equation that estimated it from a creatinine
+    ("CKD-EPI 2021", "bedside Schwartz 2009"); the card says which produced a number it shows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +201,9 @@ class DataQuality:
     resources_seen: int
     resources_skipped: int
     issues: tuple[str, ...]
+    implausible_values: int = 0
+    """Results whose value cannot be physiological (zero or less, not finite, above the knowledge
+    base's plausible maximum): unusable, counted, never the basis of a card."""
 
 
 @dataclass(frozen=True, slots=True)

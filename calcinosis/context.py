@@ -7,14 +7,17 @@ old" and "does the lab's own range win over the fixed cut-off" are decided in on
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from calcinosis.assessment import Comparison, DerivedValue, Evidence
 from calcinosis.derived import (
+    bedside_schwartz,
     calcium_phosphate_product,
     ckd_category,
+    ckd_epi_2021,
     corrected_calcium,
     is_above,
     is_below,
@@ -30,6 +33,7 @@ from calcinosis.findings import (
     PatientFindings,
     ProcedureFinding,
     ProcedureKind,
+    Sex,
 )
 from calcinosis.knowledge_base import KnowledgeBase
 
@@ -145,9 +149,22 @@ class PhosphateReading:
     lab: LabResult
 
 
+METHOD_REPORTED = "reported eGFR"
+METHOD_CKD_EPI = "CKD-EPI 2021"
+METHOD_SCHWARTZ = "bedside Schwartz 2009"
+CKD_STAGES = ("G3a", "G3b", "G3", "G4", "G5")
+
+
 @dataclass(frozen=True, slots=True)
 class KidneyStatus:
-    """Kidney function as the rules need it."""
+    """Kidney function as the rules need it (clinical-knowledge.md 2.3 and 2.3a).
+
+    `egfr` is the reported eGFR when one is on file; otherwise `egfr_value` may be estimated from
+    `creatinine` (CKD-EPI 2021 in adults, bedside Schwartz with a measured `height` in children of
+    1 to 18 years), and `method` says which number it is. A reading taken during a coded acute
+    kidney injury is never staged (`acute_kidney_injury`), and CKD is stated as a cause only when
+    it is established (`ckd_established`: KDIGO's 3-month chronicity, a coded stage, dialysis or a
+    transplant)."""
 
     category: str | None
     egfr: LabResult | None
@@ -158,6 +175,14 @@ class KidneyStatus:
     transplant: bool
     coded_stage: str | None
     coded_evidence: tuple[Evidence, ...]
+    egfr_value: float | None = None
+    method: str | None = None
+    creatinine: LabResult | None = None
+    height: LabResult | None = None
+    not_reduced: bool = False
+    acute_kidney_injury: bool = False
+    aki_evidence: tuple[Evidence, ...] = ()
+    no_estimate_reason: str | None = None
 
     @property
     def advanced(self) -> bool:
@@ -167,13 +192,40 @@ class KidneyStatus:
     @property
     def at_least_g3a(self) -> bool:
         """CKD G3a or worse by eGFR, code, dialysis or transplant (CKD-MBD monitoring range)."""
-        stages = ("G3a", "G3b", "G3", "G4", "G5")
-        return self.advanced or self.category in stages or self.coded_stage in stages
+        return self.advanced or self.category in CKD_STAGES or self.coded_stage in CKD_STAGES
+
+    @property
+    def ckd_established(self) -> bool:
+        """CKD G3a or worse that the record shows to be chronic: dialysis, a transplant, a coded
+        stage, or an eGFR below 60 that was also below 60 at least 3 months earlier (KDIGO,
+        clinical-knowledge.md 2.3). A single eGFR, or one taken during an AKI, is not enough."""
+        if self.on_dialysis or self.transplant or self.coded_stage in CKD_STAGES:
+            return True
+        return self.category in CKD_STAGES and self.chronic_confirmed
 
     @property
     def known(self) -> bool:
         """True when anything at all is known about kidney function."""
-        return self.egfr is not None or self.on_dialysis or self.transplant or self.coded_stage is not None
+        return (
+            self.egfr_value is not None
+            or self.on_dialysis
+            or self.transplant
+            or self.coded_stage is not None
+            or self.not_reduced
+            or self.acute_kidney_injury
+        )
+
+    @property
+    def estimated(self) -> bool:
+        """True when the eGFR shown was computed here from a creatinine (not reported by the lab)."""
+        return self.method in (METHOD_CKD_EPI, METHOD_SCHWARTZ)
+
+    def reading_evidence(self) -> tuple[Evidence, ...]:
+        """The results the kidney reading rests on: the eGFR, or the creatinine (and height)."""
+        if self.egfr is not None:
+            return (lab_evidence(self.egfr),)
+        found = tuple(lab_evidence(lab) for lab in (self.creatinine, self.height) if lab is not None)
+        return found + self.aki_evidence
 
 
 class PatientContext:
@@ -188,9 +240,11 @@ class PatientContext:
         self.pairing = timedelta(hours=knowledge.value("pairing-hours"))
         by_analyte: dict[Analyte, list[LabResult]] = defaultdict(list)
         unusable: dict[Analyte, list[LabResult]] = defaultdict(list)
+        self.implausible: list[LabResult] = []
         for lab in findings.labs:
             if lab.effective > self.as_of:
                 continue
+            lab = self._plausible(lab)
             (by_analyte if lab.usable else unusable)[lab.analyte].append(lab)
         for labs in by_analyte.values():
             labs.sort(key=lambda lab: lab.effective, reverse=True)
@@ -215,6 +269,43 @@ class PatientContext:
         self.phosphate = self._phosphate_reading()
         self.kidney = self._kidney_status()
         self.caxp = self._calcium_phosphate_product()
+
+    def _plausible(self, lab: LabResult) -> LabResult:
+        """The result, or the result made unusable when its value cannot be physiological: zero
+        or less for a concentration, not finite, or above the knowledge base's plausible maximum
+        (a unit or entry error such as 1e308). Such values are counted (`implausible`) and never
+        reach a rule, so no card rests on them. A reference range with an impossible end is
+        dropped and the fixed cut-offs apply instead."""
+        if lab.value is None or not lab.usable:
+            return lab
+        limit = self.kb.thresholds.get(f"plausible-max-{lab.analyte.value}")
+        if limit is None:
+            return lab
+        value = lab.value
+        if not math.isfinite(value) or value > limit.value or (value <= 0 and lab.comparator not in ("<", "<=")):
+            unusable = replace(
+                lab,
+                value=None,
+                reference_low=None,
+                reference_high=None,
+                unusable_reason="value outside physiological limits (unit or entry error)",
+            )
+            self.implausible.append(unusable)
+            return unusable
+        ends = [end for end in (lab.reference_low, lab.reference_high) if end is not None]
+        if any(not math.isfinite(end) or end < 0 or end > limit.value for end in ends):
+            return replace(lab, reference_low=None, reference_high=None)
+        return lab
+
+    def age_at(self, moment: datetime) -> float | None:
+        """Age in years at a moment (None without a birth date)."""
+        return self.findings.age_years_at(moment)
+
+    @property
+    def child(self) -> bool:
+        """True for a patient younger than the adult age of the knowledge base (18 years)."""
+        age = self.age_at(self.as_of)
+        return age is not None and age < self.kb.value("adult-age-years")
 
     # ----- look-ups -------------------------------------------------------------------------
 
@@ -458,32 +549,140 @@ class PatientContext:
 
     # ----- kidney ----------------------------------------------------------------------------
 
+    def _category(self, egfr: float) -> str:
+        kb = self.kb
+        return ckd_category(
+            egfr,
+            kb.value("egfr-g2"),
+            kb.value("egfr-g3a"),
+            kb.value("egfr-g3b"),
+            kb.value("egfr-g4"),
+            kb.value("egfr-g5"),
+        )
+
+    def _aki_at(self, moment: datetime) -> list[ConditionFinding]:
+        """Coded acute kidney injuries under way at `moment` (clinical-knowledge.md 2.3a): begun by
+        then (a day's grace for charting) and not yet abated, or still active when no end is given."""
+        found = []
+        for condition in self.conditions(ClinicalConcept.ACUTE_KIDNEY_INJURY):
+            start = condition.first_known
+            if start is not None and start > moment + timedelta(days=1):
+                continue
+            ongoing = condition.abatement >= moment if condition.abatement is not None else condition.active
+            if ongoing:
+                found.append(condition)
+        return found
+
+    def _height_near(self, moment: datetime) -> LabResult | None:
+        """The body height measured nearest to `moment`, within the knowledge base's window."""
+        window = timedelta(days=self.kb.days("height-lookback-days"))
+        best: LabResult | None = None
+        for lab in self.labs(Analyte.BODY_HEIGHT):
+            if lab.value is None or lab.comparator is not None or abs(lab.effective - moment) > window:
+                continue
+            if best is None or abs(lab.effective - moment) < abs(best.effective - moment):
+                best = lab
+        return best
+
+    def estimate_egfr(self, creatinine: LabResult) -> tuple[float | None, str | None, LabResult | None, str | None]:
+        """(eGFR, method, height used, why not) for one creatinine (clinical-knowledge.md 2.3a):
+        CKD-EPI 2021 from 18 years (needs administrative sex), bedside Schwartz from 1 to 18 years
+        (needs a height measured within a year), nothing under 1 year."""
+        kb = self.kb
+        if creatinine.value is None or creatinine.comparator is not None or creatinine.value <= 0:
+            return None, None, None, "creatinine not usable for an estimate"
+        age = self.age_at(creatinine.effective)
+        if age is None:
+            return None, None, None, "no birth date: age unknown"
+        if age < kb.value("egfr-estimate-min-age-years"):
+            return None, None, None, "under 1 year: no creatinine equation is valid"
+        if age >= kb.value("adult-age-years"):
+            sex = self.findings.sex
+            if sex not in (Sex.FEMALE, Sex.MALE):
+                return None, None, None, "administrative sex not recorded: CKD-EPI 2021 needs it"
+            female = sex is Sex.FEMALE
+            suffix = "female" if female else "male"
+            value = ckd_epi_2021(
+                creatinine.value,
+                age,
+                female,
+                constant=kb.value("ckd-epi-2021-constant"),
+                kappa=kb.value(f"ckd-epi-2021-kappa-{suffix}"),
+                alpha=kb.value(f"ckd-epi-2021-alpha-{suffix}"),
+                exponent_high=kb.value("ckd-epi-2021-exponent-high"),
+                age_base=kb.value("ckd-epi-2021-age-base"),
+                female_factor=kb.value("ckd-epi-2021-female-factor"),
+            )
+            return value, METHOD_CKD_EPI, None, None
+        height = self._height_near(creatinine.effective)
+        if height is None or height.value is None:
+            return None, None, None, "no body height measured within a year: bedside Schwartz needs one"
+        return (
+            bedside_schwartz(height.value, creatinine.value, kb.value("schwartz-bedside-k")),
+            METHOD_SCHWARTZ,
+            height,
+            None,
+        )
+
+    def _chronic(self, moment: datetime) -> bool:
+        """An eGFR below 60 (reported or estimated, outside any coded AKI) at least 3 months
+        before `moment` (KDIGO chronicity, clinical-knowledge.md 2.3)."""
+        kb = self.kb
+        before = moment - timedelta(days=kb.days("ckd-chronicity-days"))
+        limit = kb.value("egfr-g3a")
+        for lab in self.labs(Analyte.EGFR):
+            if lab.effective > before or lab.value is None or lab.comparator is not None:
+                continue
+            if lab.value < limit and not self._aki_at(lab.effective):
+                return True
+        for lab in self.labs(Analyte.CREATININE):
+            if lab.effective > before or self._aki_at(lab.effective):
+                continue
+            value, _, _, _ = self.estimate_egfr(lab)
+            if value is not None and value < limit:
+                return True
+        return False
+
     def _kidney_status(self) -> KidneyStatus:
+        kb = self.kb
         egfr = self.latest(Analyte.EGFR, self.gate_start)
         category: str | None = None
         chronic = False
-        kb = self.kb
+        value: float | None = None
+        method: str | None = None
+        creatinine: LabResult | None = None
+        height: LabResult | None = None
+        not_reduced = False
+        aki: list[ConditionFinding] = []
+        why_not: str | None = None
         if egfr is not None and egfr.value is not None and egfr.comparator is None:
-            category = ckd_category(
-                egfr.value,
-                kb.value("egfr-g2"),
-                kb.value("egfr-g3a"),
-                kb.value("egfr-g3b"),
-                kb.value("egfr-g4"),
-                kb.value("egfr-g5"),
+            value, method = egfr.value, METHOD_REPORTED
+            aki = self._aki_at(egfr.effective)
+            if not aki:
+                category = self._category(egfr.value)
+                chronic = category in CKD_STAGES and self._chronic(egfr.effective)
+        elif egfr is not None and egfr.comparator in (">", ">=") and egfr.value is not None:
+            if egfr.value >= kb.value("egfr-g3a"):
+                category, method = "G1-G2", METHOD_REPORTED
+        else:
+            egfr = None
+            creatinine = next(
+                (lab for lab in self.labs(Analyte.CREATININE, self.gate_start) if lab.comparator is None), None
             )
-            chronic_before = egfr.effective - timedelta(days=kb.days("ckd-chronicity-days"))
-            chronic = any(
-                lab.effective <= chronic_before and lab.value is not None and lab.value < kb.value("egfr-g3a")
-                for lab in self.labs(Analyte.EGFR)
-            )
-        elif (
-            egfr is not None
-            and egfr.comparator in (">", ">=")
-            and egfr.value is not None
-            and egfr.value >= kb.value("egfr-g3a")
-        ):
-            category = "G1-G2"
+            if creatinine is not None:
+                aki = self._aki_at(creatinine.effective)
+                if aki:
+                    why_not = "creatinine drawn during a coded acute kidney injury: no equation is valid"
+                else:
+                    value, method, height, why_not = self.estimate_egfr(creatinine)
+                    if value is not None:
+                        category = self._category(value)
+                        chronic = category in CKD_STAGES and self._chronic(creatinine.effective)
+                    elif self.child and creatinine.value is not None and creatinine.reference_high is not None:
+                        # A child's creatinine within the lab's own age-specific range: kidney
+                        # function not reduced, though no category can be given (2.3a) [GK].
+                        status, _ = self.judge(creatinine, creatinine.value, None, None)
+                        not_reduced = status in (NORMAL, LOW)
         recent = self.gate_start
         dialysis_procedures = [
             p for p in self.procedures(ProcedureKind.DIALYSIS) if p.status not in ("not-done", "entered-in-error")
@@ -535,23 +734,32 @@ class PatientContext:
             transplant,
             coded_stage,
             tuple(coded_evidence),
+            egfr_value=value,
+            method=method,
+            creatinine=creatinine,
+            height=height,
+            not_reduced=not_reduced,
+            acute_kidney_injury=bool(aki),
+            aki_evidence=tuple(condition_evidence(c) for c in aki),
+            no_estimate_reason=why_not,
         )
 
     def kidney_derived(self) -> DerivedValue | None:
-        """The CKD stage as a derived value with its inputs."""
+        """Kidney function as a derived value: the KDIGO category with the eGFR it came from, and
+        which equation produced that eGFR when it was estimated from a creatinine (2.3a)."""
         kidney = self.kidney
         if not kidney.known:
             return None
-        inputs: list[Evidence] = []
+        inputs: list[Evidence] = list(kidney.reading_evidence())
         comparisons: list[Comparison] = []
         notes: list[str] = []
         category = kidney.category
-        if kidney.egfr is not None:
-            inputs.append(lab_evidence(kidney.egfr))
+        value = kidney.egfr_value
+        if value is not None and category is not None:
             # Only the boundary that decides the category is shown.
             for threshold_id in ("egfr-g5", "egfr-g4", "egfr-g3b", "egfr-g3a", "egfr-g2"):
                 threshold = self.kb.threshold(threshold_id)
-                if kidney.egfr.value is not None and kidney.egfr.value < threshold.value:
+                if value < threshold.value:
                     comparisons.append(
                         Comparison(
                             threshold_id,
@@ -563,7 +771,7 @@ class PatientContext:
                         )
                     )
                     break
-            if category in ("G3a", "G3b", "G4", "G5") and not kidney.on_dialysis:
+            if category in CKD_STAGES and not kidney.on_dialysis:
                 below = f"eGFR below {self.kb.number('egfr-g3a')}"
                 chronicity = self.kb.quantity("ckd-chronicity-days")
                 notes.append(
@@ -571,6 +779,12 @@ class PatientContext:
                     if kidney.chronic_confirmed
                     else f"single {below}: chronicity ({chronicity}) not shown by the record"
                 )
+        if kidney.acute_kidney_injury:
+            notes.append("taken during a coded acute kidney injury: not staged as chronic kidney disease")
+        if kidney.not_reduced:
+            notes.append("creatinine within the lab's age-specific range: kidney function not reduced (no category)")
+        if kidney.no_estimate_reason and value is None:
+            notes.append(f"no eGFR estimate: {kidney.no_estimate_reason}")
         if kidney.on_dialysis:
             category = "G5D"
             inputs.extend(kidney.dialysis_evidence)
@@ -579,19 +793,38 @@ class PatientContext:
         inputs.extend(kidney.coded_evidence)
         if kidney.transplant:
             notes.append("kidney transplant recorded")
+        if (
+            kidney.estimated
+            and kidney.creatinine is not None
+            and kidney.creatinine.value is not None
+            and value is not None
+        ):
+            formula = (
+                f"eGFR {value:.0f} mL/min/1.73 m² estimated from creatinine {_fmt(kidney.creatinine.value)} mg/dL "
+                f"with {kidney.method}"
+            )
+            if kidney.height is not None and kidney.height.value is not None:
+                formula += f" (height {kidney.height.value:.0f} cm)"
+            formula += "; KDIGO GFR category"
+        elif kidney.egfr is not None:
+            formula = (
+                f"KDIGO GFR category from the latest reported eGFR in {self.kb.quantity('gate-lookback-days')}; "
+                "G5D when on dialysis"
+            )
+        else:
+            formula = "kidney status from the record (coded stage, dialysis or transplant)"
+        reading = kidney.egfr or kidney.creatinine
         return DerivedValue(
             name="ckd-stage",
-            value=kidney.egfr.value if kidney.egfr is not None else None,
-            unit=kidney.egfr.unit if kidney.egfr is not None else None,
+            value=round(value, 1) if value is not None else None,
+            unit="mL/min/{1.73_m2}" if value is not None else None,
             category=category,
-            formula=(
-                f"KDIGO GFR category from the latest eGFR in {self.kb.quantity('gate-lookback-days')}; "
-                "G5D when on dialysis"
-            ),
+            formula=formula,
             inputs=tuple(inputs),
             comparisons=tuple(comparisons),
             note="; ".join(notes) or None,
-            date=kidney.egfr.effective if kidney.egfr is not None else None,
+            date=reading.effective if reading is not None else None,
+            method=kidney.method,
         )
 
     def calcium_derived(self) -> DerivedValue | None:

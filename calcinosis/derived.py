@@ -72,3 +72,31 @@ def is_below(value: float, comparator: str | None, limit: float, inclusive: bool
             return True
         return None
     return value <= limit if inclusive else value < limit
+
+
+def ckd_epi_2021(
+    creatinine_mg_dl: float,
+    age_years: float,
+    female: bool,
+    *,
+    constant: float,
+    kappa: float,
+    alpha: float,
+    exponent_high: float,
+    age_base: float,
+    female_factor: float,
+) -> float:
+    """eGFR (mL/min/1.73 m²) by the CKD-EPI 2021 creatinine equation, without race.
+
+    142 x min(Scr/k, 1)^a x max(Scr/k, 1)^-1.200 x 0.9938^age x 1.012 [female], with the sex-specific
+    k and a passed in (clinical-knowledge.md 2.3a; the coefficients live in thresholds.json so a
+    reviewer sees them beside their source)."""
+    ratio = creatinine_mg_dl / kappa
+    egfr: float = constant * min(ratio, 1.0) ** alpha * max(ratio, 1.0) ** exponent_high * age_base**age_years
+    return egfr * female_factor if female else egfr
+
+
+def bedside_schwartz(height_cm: float, creatinine_mg_dl: float, k: float) -> float:
+    """eGFR (mL/min/1.73 m²) by the bedside Schwartz (2009) equation for children of 1 to 18
+    years: k x height (cm) / creatinine (mg/dL)."""
+    return k * height_cm / creatinine_mg_dl

@@ -75,7 +75,12 @@ def assess(findings: PatientFindings, knowledge: KnowledgeBase | None = None) ->
         data_quality=DataQuality(
             findings.resources_seen,
             findings.resources_skipped,
-            tuple(f"{i.resource}: {i.reason}" for i in findings.issues),
+            tuple(f"{i.resource}: {i.reason}" for i in findings.issues)
+            + tuple(
+                f"{lab.source.reference}: {lab.analyte.value} not usable: {lab.unusable_reason}"
+                for lab in ctx.implausible
+            ),
+            implausible_values=len(ctx.implausible),
         ),
         severe_hypercalcemia=severe,
     )

@@ -40,6 +40,8 @@ class Analyte(StrEnum):
     ANTI_CENTROMERE = "anti-centromere"
     URINE_CALCIUM_24H = "urine-calcium-24h"
     BICARBONATE = "bicarbonate"
+    BODY_HEIGHT = "body-height"
+    PTHRP = "pthrp"
 
 
 #: The one unit each analyte is held in after normalisation (conventional US units, because the
@@ -68,6 +70,8 @@ CANONICAL_UNITS: dict[Analyte, str | None] = {
     Analyte.ANTI_CENTROMERE: None,
     Analyte.URINE_CALCIUM_24H: None,
     Analyte.BICARBONATE: "mmol/L",
+    Analyte.BODY_HEIGHT: "cm",
+    Analyte.PTHRP: "pg/mL",
 }
 
 
@@ -123,6 +127,7 @@ class ClinicalConcept(StrEnum):
     PROTEIN_C_S_DEFICIENCY = "protein-c-s-deficiency"
     LONG_TERM_ANTICOAGULANT = "long-term-anticoagulant"
     CALCIUM_METABOLISM_OTHER = "calcium-metabolism-other-e83-59"
+    ACUTE_KIDNEY_INJURY = "acute-kidney-injury"
 
 
 class DrugClass(StrEnum):
@@ -241,6 +246,9 @@ class ConditionFinding:
     verification_status: str | None = None
     body_sites: tuple[str, ...] = ()
     matched_by_text: bool = False
+    suspected: bool = False
+    """True when the record states a suspicion rather than a diagnosis: verificationStatus
+    `provisional` or `differential`, or text such as "suspected" or "rule out" (section 4)."""
 
     @property
     def active(self) -> bool:

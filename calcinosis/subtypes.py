@@ -160,10 +160,8 @@ def _metabolic_state(ctx: PatientContext) -> tuple[bool | None, list[RuleFinding
 def _metastatic_causes(ctx: PatientContext) -> list[RuleFinding]:
     causes: list[RuleFinding] = []
     kidney = ctx.kidney
-    if kidney.at_least_g3a:
-        evidence: list[Evidence] = []
-        if kidney.egfr is not None:
-            evidence.append(lab_evidence(kidney.egfr))
+    if kidney.ckd_established:
+        evidence: list[Evidence] = list(kidney.reading_evidence())
         evidence.extend(kidney.dialysis_evidence)
         evidence.extend(kidney.coded_evidence)
         stage = "G5D (dialysis)" if kidney.on_dialysis else (kidney.category or kidney.coded_stage or "advanced")
@@ -556,7 +554,7 @@ def assess_calciphylaxis(
     lesions = ctx.conditions(ClinicalConcept.ISCHEMIC_SKIN_LESION, active_only=True)
     findings: list[RuleFinding] = []
     if kidney.advanced:
-        evidence: tuple[Evidence, ...] = (lab_evidence(kidney.egfr),) if kidney.egfr is not None else ()
+        evidence: tuple[Evidence, ...] = kidney.reading_evidence()
         evidence += kidney.dialysis_evidence + kidney.coded_evidence
         findings.append(
             RuleFinding(

@@ -66,6 +66,10 @@ FACTORS: dict[Analyte, tuple[tuple[tuple[str, ...], float], ...]] = {
     Analyte.BMI: ((("kg/m2", "kg/m^2", "kg/m²"), 1.0),),
     Analyte.CREATINE_KINASE: ((_U_L, 1.0),),
     Analyte.BICARBONATE: ((_MMOL_L + ("meq/l",), 1.0),),
+    # Height: m -> cm x 100; inches -> cm x 2.54 (exact, by definition of the inch).
+    Analyte.BODY_HEIGHT: ((("cm",), 1.0), (("m",), 100.0), (("[in_i]", "in", "[in_us]"), 2.54)),
+    # PTHrP: pg/mL = ng/L; no sourced molar mass for a pmol/L conversion.
+    Analyte.PTHRP: ((_PG_ML + _NG_L, 1.0),),
 }
 
 

@@ -731,7 +731,7 @@ def iatrogenic_infant() -> Scenario:
     return (
         c,
         description,
-        expected("unlikely", "unlikely", "unlikely", "likely", "undetermined", ["progressive-osseous-heteroplasia"]),
+        expected("unlikely", "unlikely", "unlikely", "likely", "unlikely", ["progressive-osseous-heteroplasia"]),
     )
 
 
@@ -1119,7 +1119,7 @@ def poh_infant() -> Scenario:
     return (
         c,
         description,
-        expected("possible", "unlikely", "possible", "unlikely", "undetermined", ["progressive-osseous-heteroplasia"]),
+        expected("possible", "unlikely", "possible", "unlikely", "unlikely", ["progressive-osseous-heteroplasia"]),
     )
 
 
