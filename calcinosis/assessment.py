@@ -192,6 +192,77 @@ class CalciphylaxisRisk:
     minor: tuple[RiskFactor, ...]
     additional: tuple[RiskFactor, ...]
     pattern: str
+    applicable: bool = False
+    """Whether the risk factors belong on the card: dialysis, CKD G4-G5, or calciphylaxis
+    suspected or recorded (clinical-knowledge.md 11.4), not every chart."""
+
+
+class CalciphylaxisStatus(StrEnum):
+    """What the record says about calciphylaxis (clinical-knowledge.md 5.5, 9 and 11.4)."""
+
+    RECORDED = "recorded"
+    """Coded on the problem list as a diagnosis."""
+    SUSPECTED = "suspected"
+    """Coded as provisional or differential, or typical ischemic or necrotic lesions recorded in a
+    setting that explains them: the headline of a `warning` card, with or without a code."""
+    ELEVATED_RISK = "elevated-risk"
+    """The consensus risk pattern without any skin finding: an `info` item, never "possible
+    calciphylaxis" (section 9)."""
+    NOT_SUSPECTED = "not-suspected"
+    UNKNOWN = "unknown"
+    """Kidney function unknown and no lesion recorded: nothing can be said either way."""
+
+
+@dataclass(frozen=True, slots=True)
+class CalciphylaxisSignal:
+    """The calciphylaxis signal, separate from the subtype likelihood.
+
+    `setting` is `uremic` (dialysis, CKD G4-G5, transplant), `non-uremic` (section 5.5.3) or None.
+    `lesions` are the ischemic or necrotic skin findings on record. `risk_section` says whether the
+    calciphylaxis risk factors belong on the card: dialysis, CKD G4-G5, or calciphylaxis suspected
+    or recorded (11.4). `skin_exam_needed` is True only when no lesion is recorded while the
+    setting or the risk pattern makes one worth looking for; it is never True with lesions on file.
+    `non_uremic_factors` are the predisposing features of 5.5.3 found in the record.
+    """
+
+    status: CalciphylaxisStatus
+    setting: str | None
+    lesions: tuple[Evidence, ...]
+    risk_section: bool
+    skin_exam_needed: bool
+    non_uremic_factors: tuple[RiskFactor, ...] = ()
+
+
+class MetabolicCause(StrEnum):
+    """Causes of abnormal calcium or phosphate metabolism (clinical-knowledge.md 5.2)."""
+
+    CKD_MBD = "ckd-mbd"
+    PRIMARY_HYPERPARATHYROIDISM = "primary-hyperparathyroidism"
+    TERTIARY_HYPERPARATHYROIDISM = "tertiary-hyperparathyroidism"
+    MALIGNANCY = "malignancy"
+    VITAMIN_D_TOXICITY = "vitamin-d-toxicity"
+    GRANULOMATOUS = "granulomatous-disease"
+    MILK_ALKALI = "milk-alkali"
+    HYPOPARATHYROIDISM = "hypoparathyroidism"
+    TUMOR_LYSIS = "tumor-lysis"
+
+
+@dataclass(frozen=True, slots=True)
+class CauseFinding:
+    """A cause of abnormal Ca/P metabolism that the record supports, with the rule finding (its
+    statement, evidence and sources) that says why."""
+
+    cause: MetabolicCause
+    finding: RuleFinding
+
+
+@dataclass(frozen=True, slots=True)
+class IdiopathicEntity:
+    """A recognised idiopathic entity whose picture fits (clinical-knowledge.md 5.3)."""
+
+    entity_id: str
+    label: str
+    finding: RuleFinding
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +293,17 @@ class Assessment:
     calciphylaxis_risk: CalciphylaxisRisk
     data_quality: DataQuality
     severe_hypercalcemia: bool = False
+    calciphylaxis: CalciphylaxisSignal | None = None
+    """Recorded, suspected, elevated risk or not suspected, apart from the subtype likelihood."""
+    causes: tuple[CauseFinding, ...] = ()
+    """Causes of abnormal Ca/P metabolism the data support (named, never guessed)."""
+    suspected_only: bool = False
+    """Every entry that opened the assessment states a suspicion (provisional or differential, or
+    "suspected" in its words): the card says "suspected", not "recorded"."""
+    no_cause_recorded: bool = False
+    """Calcium and phosphate are normal and no underlying cause or exposure is on record: dystrophic
+    and idiopathic both stay possible, and the headline says exactly that, not "dystrophic"."""
+    idiopathic_entities: tuple[IdiopathicEntity, ...] = ()
 
     def subtype(self, subtype: Subtype) -> SubtypeAssessment:
         """The assessment of one subtype (all five are always present)."""
@@ -256,4 +338,10 @@ class Assessment:
         for gap in self.workup:
             if gap.last_result is not None:
                 refs.add(gap.last_result.reference)
+        if self.calciphylaxis is not None:
+            refs.update(e.reference for e in self.calciphylaxis.lesions)
+            for factor in self.calciphylaxis.non_uremic_factors:
+                refs.update(e.reference for e in factor.evidence)
+        for cause in self.causes:
+            refs.update(e.reference for e in cause.finding.evidence)
         return frozenset(refs)

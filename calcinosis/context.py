@@ -132,6 +132,9 @@ class CalciumReading:
     calcium: LabResult
     albumin: LabResult | None
     note: str | None = None
+    anchor_applied: bool = True
+    """False when a child's albumin lies within the lab's own age-specific range, so the adult
+    anchor of 4.0 g/dL was not applied (issue 12 item 6) [GK: design choice]."""
 
     @property
     def gate_ok(self) -> bool:
@@ -433,13 +436,25 @@ class PatientContext:
         """Classify one total calcium, correcting for albumin drawn within the pairing window."""
         assert calcium.value is not None
         albumin = self._paired(Analyte.ALBUMIN, calcium.effective) if calcium.comparator is None else None
+        if (
+            albumin is not None
+            and albumin.value is not None
+            and self.child
+            and albumin.reference_low is not None
+            and albumin.value >= albumin.reference_low
+        ):
+            # A child's albumin within the lab's age-specific range needs no correction; the adult
+            # anchor would add calcium to a normal infant's value.
+            status, comparisons = self.judge(calcium, calcium.value, "calcium-total-upper", "calcium-total-lower")
+            as_measured = "child: albumin within the lab's age-specific range, calcium used as measured"
+            return CalciumReading("corrected", calcium.value, status, comparisons, calcium, albumin, as_measured, False)
         if albumin is not None and albumin.value is not None:
             anchor = self.kb.value("albumin-correction-anchor")
             value = corrected_calcium(
                 calcium.value, albumin.value, anchor, self.kb.value("albumin-correction-coefficient")
             )
             corrected = albumin.value < anchor
-            note = None
+            note: str | None = None
             if albumin.value < self.kb.value("albumin-correction-unreliable"):
                 note = (
                     f"albumin below {self.kb.quantity('albumin-correction-unreliable')}: correction is unreliable, "
@@ -506,15 +521,16 @@ class PatientContext:
             product = calcium_phosphate_product(reading.value, phosphate.value)
             metastatic = self.kb.threshold("caxp-metastatic")
             target = self.kb.threshold("caxp-kdoqi-target")
+            outcome = "above" if product > metastatic.value else "not above"
+            basis = "knowledge base"
+            if outcome == "above" and self._child_values_in_range(reading, phosphate):
+                # The adult product limit does not make a child's normal values metastatic: each
+                # is within the lab's age-specific range (clinical-knowledge.md 2.2, paediatric
+                # targets differ) [GK: design choice].
+                outcome = "not applied"
+                basis = "child: calcium and phosphate each within the lab's age-specific range"
             comparisons = [
-                Comparison(
-                    metastatic.id,
-                    metastatic.value,
-                    metastatic.unit,
-                    "knowledge base",
-                    "above" if product > metastatic.value else "not above",
-                    metastatic.sources,
-                )
+                Comparison(metastatic.id, metastatic.value, metastatic.unit, basis, outcome, metastatic.sources)
             ]
             if self.kidney.at_least_g3a:
                 comparisons.append(
@@ -546,6 +562,16 @@ class PatientContext:
                 date=phosphate.effective,
             )
         return None
+
+    def _child_values_in_range(self, reading: CalciumReading, phosphate: LabResult) -> bool:
+        """True for a child whose calcium and phosphate are each normal by the lab's own range or
+        flag (not by the adult fallback cut-offs)."""
+        if not self.child or reading.status != NORMAL or phosphate.value is None:
+            return False
+        if not any(c.basis in ("lab reference range", "lab's own interpretation flag") for c in reading.comparisons):
+            return False
+        status, comparisons = self.judge(phosphate, phosphate.value, None, None)
+        return status == NORMAL and bool(comparisons)
 
     # ----- kidney ----------------------------------------------------------------------------
 
@@ -595,7 +621,12 @@ class PatientContext:
         if age is None:
             return None, None, None, "no birth date: age unknown"
         if age < kb.value("egfr-estimate-min-age-years"):
-            return None, None, None, "under 1 year: no creatinine equation is valid"
+            return (
+                None,
+                None,
+                None,
+                f"under {kb.quantity('egfr-estimate-min-age-years')}: no creatinine equation is valid",
+            )
         if age >= kb.value("adult-age-years"):
             sex = self.findings.sex
             if sex not in (Sex.FEMALE, Sex.MALE):
@@ -616,7 +647,12 @@ class PatientContext:
             return value, METHOD_CKD_EPI, None, None
         height = self._height_near(creatinine.effective)
         if height is None or height.value is None:
-            return None, None, None, "no body height measured within a year: bedside Schwartz needs one"
+            return (
+                None,
+                None,
+                None,
+                f"no body height measured within {kb.quantity('height-lookback-days')}: bedside Schwartz needs one",
+            )
         return (
             bedside_schwartz(height.value, creatinine.value, kb.value("schwartz-bedside-k")),
             METHOD_SCHWARTZ,
@@ -841,12 +877,15 @@ class PatientContext:
             )
             name = "corrected-calcium"
             anchor = self.kb.threshold("albumin-correction-anchor")
-            formula = (
-                f"corrected Ca = {_fmt(reading.calcium.value)} + {self.kb.number('albumin-correction-coefficient')}"
-                f" x ({self.kb.number(anchor.id)} - {_fmt(reading.albumin.value)}) mg/dL"
-                if reading.albumin.value < anchor.value
-                else f"albumin at or above {self.kb.quantity(anchor.id)}: no correction"
-            )
+            if not reading.anchor_applied:
+                formula = "child with albumin within the lab's age-specific range: no correction"
+            elif reading.albumin.value < anchor.value:
+                formula = (
+                    f"corrected Ca = {_fmt(reading.calcium.value)} + {self.kb.number('albumin-correction-coefficient')}"
+                    f" x ({self.kb.number(anchor.id)} - {_fmt(reading.albumin.value)}) mg/dL"
+                )
+            else:
+                formula = f"albumin at or above {self.kb.quantity(anchor.id)}: no correction"
         else:
             name, formula = "total-calcium", "total calcium without albumin correction"
         return DerivedValue(

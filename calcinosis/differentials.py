@@ -117,7 +117,7 @@ def _poh(ctx: PatientContext, iatrogenic: SubtypeAssessment) -> tuple[list[RuleF
     return raised, []
 
 
-def _oxalosis(ctx: PatientContext, calciphylaxis: SubtypeAssessment) -> tuple[list[RuleFinding], list[RuleFinding]]:
+def _oxalosis(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]:
     sources = ("Oxalosis",)
     raised = _conditions(
         ctx,
@@ -137,15 +137,9 @@ def _oxalosis(ctx: PatientContext, calciphylaxis: SubtypeAssessment) -> tuple[li
                 sources,
             )
         )
-    if calciphylaxis.likelihood in (Likelihood.LIKELY, Likelihood.POSSIBLE):
-        raised.append(
-            RuleFinding(
-                "DX-OXALOSIS-MIMIC",
-                "Oxalosis mimics calciphylaxis (livedo, ulcers, gangrene in ESKD)",
-                (),
-                sources + ("Calciphylaxis-consensus",),
-            )
-        )
+    # Raised by its own signals only (section 8): hyperoxaluria on record, or kidney stones with
+    # kidney disease. That oxalosis mimics calciphylaxis is part of its description, not a signal
+    # in this record, so it no longer raises it on every dialysis chart.
     return raised, []
 
 
@@ -230,7 +224,7 @@ def assess_differentials(
         "gouty-tophus": _gout(ctx),
         "osteoma-cutis": _osteoma(ctx),
         "progressive-osseous-heteroplasia": _poh(ctx, subtypes[Subtype.IATROGENIC]),
-        "primary-hyperoxaluria": _oxalosis(ctx, calciphylaxis),
+        "primary-hyperoxaluria": _oxalosis(ctx),
         "xanthoma": _xanthoma(ctx),
     }
     hftc = _hftc(ctx)

@@ -43,16 +43,56 @@ _REGIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def body_region(site: str) -> str | None:
-    """The body region a site text names, or None if unrecognised.
+_KEYWORDS = frozenset(word for _, keywords in _REGIONS for word in keywords)
+_IRREGULAR = {"feet": "foot", "calves": "calf", "thighs": "thigh", "knees": "knee", "toes": "toe", "digits": "digit"}
 
-    Left and right are one region: both hands in limited systemic sclerosis are the classic
-    circumscripta picture (StatPearls; clinical-knowledge.md 5.6), not a diffuse one."""
-    words = set(re.findall(r"[a-z]+", site.lower()))
-    for region, keywords in _REGIONS:
-        if words & set(keywords):
-            return region
-    return None
+
+def _singular(word: str) -> str:
+    """'hands' -> 'hand', 'fingers' -> 'finger', 'feet' -> 'foot' (enough for body-site words)."""
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if word.endswith("es") and word[:-2] in _KEYWORDS:
+        return word[:-2]
+    if word.endswith("s") and word[:-1] in _KEYWORDS:
+        return word[:-1]
+    return word
+
+
+def body_regions(site: str) -> set[str]:
+    """The body regions a site text names: "Both hands" is one (upper limbs), "Elbows, knees and
+    buttocks" three. Left and right are one region: both hands in limited systemic sclerosis are
+    the classic circumscripta picture (StatPearls; clinical-knowledge.md 5.6), not a diffuse one."""
+    words = {_singular(w) for w in re.findall(r"[a-z]+", site.lower())}
+    return {region for region, keywords in _REGIONS if words & set(keywords)}
+
+
+def body_region(site: str) -> str | None:
+    """The first body region a site text names, or None if unrecognised."""
+    regions = body_regions(site)
+    return next((region for region, _ in _REGIONS if region in regions), None)
+
+
+_SIDES = {"left": "left", "right": "right", "bilateral": "both", "both": "both", "lt": "left", "rt": "right"}
+
+
+def sides(site: str) -> set[str]:
+    """Laterality named in a site text: left, right or both."""
+    named = {_SIDES[w] for w in re.findall(r"[a-z]+", site.lower()) if w in _SIDES}
+    return {"left", "right"} if "both" in named else named
+
+
+def compare_sites(first: tuple[str, ...], second: tuple[str, ...]) -> bool | None:
+    """Whether two sets of site texts name the same place: same body region and no opposite side.
+    None when either names no recognisable region (the comparison cannot be made)."""
+    regions_a = set().union(*(body_regions(t) for t in first)) if first else set()
+    regions_b = set().union(*(body_regions(t) for t in second)) if second else set()
+    if not regions_a or not regions_b:
+        return None
+    if not regions_a & regions_b:
+        return False
+    sides_a = set().union(*(sides(t) for t in first))
+    sides_b = set().union(*(sides(t) for t in second))
+    return not (sides_a and sides_b and not sides_a & sides_b)
 
 
 def assess_distribution(ctx: PatientContext) -> DistributionAssessment:
@@ -71,13 +111,12 @@ def assess_distribution(ctx: PatientContext) -> DistributionAssessment:
             "recorded as calcinosis circumscripta",
             tuple(condition_evidence(c) for c in circumscripta),
         )
-    conditions = [c for c in ctx.conditions(ClinicalConcept.CALCINOSIS_CUTIS) if c.body_sites]
+    # The recorded body sites, or else the entry's own words ("Calcinosis cutis of both hands").
+    conditions = [c for c in ctx.conditions(ClinicalConcept.CALCINOSIS_CUTIS) if c.body_sites or c.text]
     regions: set[str] = set()
     for condition in conditions:
-        for site in condition.body_sites:
-            region = body_region(site)
-            if region is not None:
-                regions.add(region)
+        for site in condition.body_sites or ((condition.text,) if condition.text else ()):
+            regions |= body_regions(site)
     evidence = tuple(condition_evidence(c) for c in conditions)
     if not regions:
         return DistributionAssessment(Distribution.UNKNOWN, "no body site recorded on calcinosis conditions", evidence)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from calcinosis.assessment import Assessment, DataQuality, Evidence, Subtype
+from dataclasses import replace
+
+from calcinosis.assessment import Assessment, DataQuality, Evidence, Likelihood, Subtype, SubtypeAssessment
+from calcinosis.causes import supported_causes
 from calcinosis.context import PatientContext, condition_evidence
 from calcinosis.differentials import assess_differentials
 from calcinosis.distribution import assess_distribution
 from calcinosis.findings import ClinicalConcept, PatientFindings
 from calcinosis.knowledge_base import KnowledgeBase, default_knowledge
-from calcinosis.risk import assess_risk, risk_evidence
+from calcinosis.risk import assess_risk
 from calcinosis.subtypes import (
     assess_calciphylaxis,
     assess_dystrophic,
@@ -35,6 +38,22 @@ def entry_evidence(findings: PatientFindings) -> tuple[Evidence, ...]:
     return tuple(condition_evidence(c) for c in findings.conditions if c.concept in ENTRY_CONCEPTS and c.active)
 
 
+def _no_cause_recorded(subtypes: dict[Subtype, SubtypeAssessment]) -> bool:
+    """Normal calcium and phosphate and nothing on record that explains the lesion: dystrophic
+    (an uncoded injury) and idiopathic (a diagnosis of exclusion) both stay possible, and neither
+    is the headline (issue 12 item 8): the statement is that no cause is on record."""
+    suspected = (Likelihood.LIKELY, Likelihood.POSSIBLE)
+    dystrophic = subtypes[Subtype.DYSTROPHIC]
+    return (
+        subtypes[Subtype.METASTATIC].likelihood is Likelihood.UNLIKELY
+        and dystrophic.likelihood is Likelihood.POSSIBLE
+        and "CC-DYS-NOCAUSE" in dystrophic.rule_ids
+        and "CC-DYS-CAUSE" not in dystrophic.rule_ids
+        and subtypes[Subtype.IATROGENIC].likelihood not in suspected
+        and subtypes[Subtype.CALCIPHYLAXIS].likelihood not in suspected
+    )
+
+
 def assess(findings: PatientFindings, knowledge: KnowledgeBase | None = None) -> Assessment | None:
     """Assess one patient. Returns None when calcinosis is not documented (the silent case)."""
     entry = entry_evidence(findings)
@@ -47,7 +66,9 @@ def assess(findings: PatientFindings, knowledge: KnowledgeBase | None = None) ->
     iatrogenic = assess_iatrogenic(ctx)
     dystrophic = assess_dystrophic(ctx, metastatic, iatrogenic)
     idiopathic = assess_idiopathic(ctx, dystrophic, metastatic, iatrogenic)
-    calciphylaxis = assess_calciphylaxis(ctx, risk.pattern == "met", risk_evidence(risk))
+    calciphylaxis, signal = assess_calciphylaxis(ctx, risk)
+    if signal.risk_section and not risk.applicable:
+        risk = replace(risk, applicable=True)
     subtypes = {
         Subtype.DYSTROPHIC: dystrophic,
         Subtype.METASTATIC: metastatic,
@@ -83,4 +104,8 @@ def assess(findings: PatientFindings, knowledge: KnowledgeBase | None = None) ->
             implausible_values=len(ctx.implausible),
         ),
         severe_hypercalcemia=severe,
+        calciphylaxis=signal,
+        causes=supported_causes(ctx),
+        no_cause_recorded=_no_cause_recorded(subtypes),
+        suspected_only=all(c.suspected for c in findings.conditions if c.concept in ENTRY_CONCEPTS and c.active),
     )

@@ -42,6 +42,20 @@ class Analyte(StrEnum):
     BICARBONATE = "bicarbonate"
     BODY_HEIGHT = "body-height"
     PTHRP = "pthrp"
+    ESR = "esr"
+    CRP = "crp"
+    ANCA = "anca"
+    PROTHROMBIN_TIME = "prothrombin-time"
+    APTT = "aptt"
+    PROTEIN_C = "protein-c"
+    PROTEIN_S = "protein-s"
+    ANTITHROMBIN = "antithrombin"
+    LUPUS_ANTICOAGULANT = "lupus-anticoagulant"
+    ANTICARDIOLIPIN = "anticardiolipin"
+    CRYOGLOBULIN = "cryoglobulin"
+    HEPATITIS_C_ANTIBODY = "hepatitis-c-antibody"
+    URINE_PHOSPHATE_24H = "urine-phosphate-24h"
+    URINE_OXALATE_24H = "urine-oxalate-24h"
 
 
 #: The one unit each analyte is held in after normalisation (conventional US units, because the
@@ -72,6 +86,20 @@ CANONICAL_UNITS: dict[Analyte, str | None] = {
     Analyte.BICARBONATE: "mmol/L",
     Analyte.BODY_HEIGHT: "cm",
     Analyte.PTHRP: "pg/mL",
+    Analyte.ESR: None,
+    Analyte.CRP: None,
+    Analyte.ANCA: None,
+    Analyte.PROTHROMBIN_TIME: None,
+    Analyte.APTT: None,
+    Analyte.PROTEIN_C: None,
+    Analyte.PROTEIN_S: None,
+    Analyte.ANTITHROMBIN: None,
+    Analyte.LUPUS_ANTICOAGULANT: None,
+    Analyte.ANTICARDIOLIPIN: None,
+    Analyte.CRYOGLOBULIN: None,
+    Analyte.HEPATITIS_C_ANTIBODY: None,
+    Analyte.URINE_PHOSPHATE_24H: None,
+    Analyte.URINE_OXALATE_24H: None,
 }
 
 
@@ -128,6 +156,8 @@ class ClinicalConcept(StrEnum):
     LONG_TERM_ANTICOAGULANT = "long-term-anticoagulant"
     CALCIUM_METABOLISM_OTHER = "calcium-metabolism-other-e83-59"
     ACUTE_KIDNEY_INJURY = "acute-kidney-injury"
+    HYPOPARATHYROIDISM = "hypoparathyroidism"
+    LIVER_CIRRHOSIS = "liver-cirrhosis"
 
 
 class DrugClass(StrEnum):
@@ -249,6 +279,10 @@ class ConditionFinding:
     suspected: bool = False
     """True when the record states a suspicion rather than a diagnosis: verificationStatus
     `provisional` or `differential`, or text such as "suspected" or "rule out" (section 4)."""
+    body_site_codes: tuple[str, ...] = ()
+    """SNOMED CT codes of `bodySite`, for comparing sites exactly where both sides are coded."""
+    text: str | None = None
+    """The entry's own words (`code.text`), which often name the site ("of both hands")."""
 
     @property
     def active(self) -> bool:
@@ -276,6 +310,9 @@ class MedicationExposure:
     route: str | None = None
     daily_dose_mcg: float | None = None
     name: str | None = None
+    site: str | None = None
+    """Where it was given (`dosage.site`), as text; `site_code` is its SNOMED CT code if coded."""
+    site_code: str | None = None
 
     @property
     def parenteral(self) -> bool:
@@ -293,6 +330,8 @@ class ProcedureFinding:
     start: datetime | None
     end: datetime | None
     status: str | None = None
+    body_sites: tuple[str, ...] = ()
+    body_site_codes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +362,9 @@ class PatientFindings:
     issues: tuple[DataIssue, ...] = field(default=())
     resources_seen: int = 0
     resources_skipped: int = 0
+    unreadable_entries: tuple[str, ...] = ()
+    """Resources that name calcinosis or calciphylaxis but could not be read (malformed, no id):
+    the response must say that data could not be read rather than fall silent."""
 
     def age_years_at(self, when: datetime) -> float | None:
         """Age in years at a moment, or None without a birth date."""

@@ -192,6 +192,10 @@ WORKUP_TRIGGERS = frozenset(
         "gout-raised",
         "xanthoma-raised",
         "diagnosis-uncertain",
+        "corrected-calcium-unreliable",
+        "urine-not-informative",
+        "oxalosis-raised",
+        "hftc-raised",
     }
 )
 

@@ -23,12 +23,12 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from calcinosis.assessment import Evidence, Likelihood, SubtypeAssessment
+from calcinosis.assessment import CalciphylaxisSignal, CalciphylaxisStatus, Evidence, Likelihood, SubtypeAssessment
 from calcinosis.context import HIGH, LOW, PatientContext, lab_evidence
 from calcinosis.engine import entry_evidence
 from calcinosis.findings import Analyte, DrugClass, LabResult, PatientFindings, ProcedureKind
 from calcinosis.knowledge_base import EVIDENCE_TAGS, KnowledgeBase, KnowledgeBaseError, default_knowledge
-from calcinosis.risk import assess_risk, risk_evidence
+from calcinosis.risk import assess_risk
 from calcinosis.subtypes import assess_calciphylaxis, assess_iatrogenic
 
 INDICATOR_RANK = {"info": 0, "warning": 1}
@@ -409,16 +409,18 @@ def _gates(ctx: PatientContext, kb: KnowledgeBase, documented: bool) -> _Gates:
     if risk.pattern == "met" or documented:
         settings.add("gated")
     calciphylaxis: SubtypeAssessment | None = None
+    signal: CalciphylaxisSignal | None = None
     if documented or risk.pattern == "met":
-        calciphylaxis = assess_calciphylaxis(ctx, risk.pattern == "met", risk_evidence(risk))
+        calciphylaxis, signal = assess_calciphylaxis(ctx, risk)
     if calciphylaxis is not None and any(f.rule_id == "CC-CPX-CODED" for f in calciphylaxis.findings):
         pattern = "Calciphylaxis on file"
         pattern_evidence = next(f.evidence for f in calciphylaxis.findings if f.rule_id == "CC-CPX-CODED")
-    elif calciphylaxis is not None and any(f.rule_id in LESION_RULES for f in calciphylaxis.findings):
-        # Ischemic or necrotic lesions: suspected calciphylaxis. The risk pattern alone is only
-        # "elevated risk", never "possible calciphylaxis" (9, 11.4).
+    elif calciphylaxis is not None and signal is not None and signal.status is CalciphylaxisStatus.SUSPECTED:
+        # Ischemic or necrotic lesions (or a provisional code): suspected calciphylaxis. The risk
+        # pattern alone is only "elevated risk", never "possible calciphylaxis" (9, 11.4).
         pattern = "Suspected calciphylaxis"
-        pattern_evidence = tuple(e for f in calciphylaxis.findings if f.rule_id in LESION_RULES for e in f.evidence)[:3]
+        lesion_evidence = tuple(e for f in calciphylaxis.findings if f.rule_id in LESION_RULES for e in f.evidence)
+        pattern_evidence = (lesion_evidence or tuple(e for f in calciphylaxis.findings for e in f.evidence))[:3]
     elif risk.pattern == "met":
         pattern = "Elevated calciphylaxis risk"
         pattern_evidence = tuple(e for factor in risk.major for e in factor.evidence[:1])[:3]

@@ -72,9 +72,13 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                 )
             )
 
+    # Calcium carbonate or acetate is a phosphate binder only in kidney disease; without it, it is
+    # calcium intake (milk-alkali syndrome, `calcinosis.causes`), not a calciphylaxis factor.
     binders = [
         m for m in ctx.medications(DrugClass.CALCIUM_BASED_BINDER) if m.status not in ("entered-in-error", "cancelled")
     ]
+    if not kidney.at_least_g3a:
+        binders = []
     if binders:
         days = ctx.exposure_days(binders)
         evidence = cite_medications(binders)
@@ -301,7 +305,9 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
         pattern = "met"
     else:
         pattern = "not-met"
-    return CalciphylaxisRisk(kidney.on_dialysis, tuple(major), tuple(minor), tuple(additional), pattern)
+    return CalciphylaxisRisk(
+        kidney.on_dialysis, tuple(major), tuple(minor), tuple(additional), pattern, applicable=kidney.advanced
+    )
 
 
 def risk_evidence(risk: CalciphylaxisRisk) -> tuple[Evidence, ...]:

@@ -7,20 +7,35 @@ feedback and audits refer to them. Every finding cites its sources by key from s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
-from calcinosis.assessment import Comparison, Evidence, Likelihood, RuleFinding, Subtype, SubtypeAssessment
+from calcinosis.assessment import (
+    CalciphylaxisRisk,
+    CalciphylaxisSignal,
+    CalciphylaxisStatus,
+    Comparison,
+    Evidence,
+    Likelihood,
+    RiskFactor,
+    RuleFinding,
+    Subtype,
+    SubtypeAssessment,
+)
+from calcinosis.causes import supported_causes
 from calcinosis.context import (
     HIGH,
     LOW,
     PatientContext,
+    cite_medications,
     condition_evidence,
     lab_evidence,
     medication_evidence,
     procedure_evidence,
 )
-from calcinosis.derived import is_above
-from calcinosis.findings import Analyte, ClinicalConcept, ConditionFinding, DrugClass, ProcedureKind
+from calcinosis.derived import is_below
+from calcinosis.distribution import compare_sites
+from calcinosis.findings import Analyte, ClinicalConcept, ConditionFinding, DrugClass, ProcedureKind, Sex
 
 ACTD = (
     ClinicalConcept.SYSTEMIC_SCLEROSIS,
@@ -158,56 +173,8 @@ def _metabolic_state(ctx: PatientContext) -> tuple[bool | None, list[RuleFinding
 
 
 def _metastatic_causes(ctx: PatientContext) -> list[RuleFinding]:
-    causes: list[RuleFinding] = []
-    kidney = ctx.kidney
-    if kidney.ckd_established:
-        evidence: list[Evidence] = list(kidney.reading_evidence())
-        evidence.extend(kidney.dialysis_evidence)
-        evidence.extend(kidney.coded_evidence)
-        stage = "G5D (dialysis)" if kidney.on_dialysis else (kidney.category or kidney.coded_stage or "advanced")
-        causes.append(
-            RuleFinding(
-                "CC-MET-CKD",
-                f"Chronic kidney disease {stage}: the commonest cause of metastatic calcification",
-                tuple(evidence),
-                ("DermNet", "Medscape-CC"),
-            )
-        )
-    for first, cited in _by_concept(ctx, METASTATIC_CAUSE_CONCEPTS):
-        causes.append(
-            RuleFinding(
-                "CC-MET-CAUSE",
-                f"Recorded cause of abnormal Ca/P metabolism: {first.source.display or first.concept.value}",
-                cited,
-                ("DermNet", "Medscape-CC", "StatPearls"),
-            )
-        )
-    pth_state, pth, _ = ctx.pth_status()
-    if pth_state == HIGH and pth is not None:
-        causes.append(
-            RuleFinding(
-                "CC-MET-PTH",
-                f"Intact PTH {pth.reported} is above the upper limit (hyperparathyroidism)",
-                (lab_evidence(pth),),
-                ("Medscape-CPX", "DermNet"),
-            )
-        )
-    vitamin_d = ctx.latest(Analyte.VITAMIN_D_25OH, ctx.year_start)
-    if (
-        vitamin_d is not None
-        and vitamin_d.value is not None
-        and is_above(vitamin_d.value, vitamin_d.comparator, ctx.kb.value("vitamin-d-25oh-toxic"))
-    ):
-        causes.append(
-            RuleFinding(
-                "CC-MET-VITD",
-                f"25-OH vitamin D {vitamin_d.reported} is above {ctx.kb.quantity('vitamin-d-25oh-toxic')} "
-                "(vitamin D toxicity)",
-                (lab_evidence(vitamin_d),),
-                ("Vit-D-tox",),
-            )
-        )
-    return causes
+    """The causes the record supports (`calcinosis.causes`), as rule findings."""
+    return [cause.finding for cause in supported_causes(ctx)]
 
 
 def assess_metastatic(ctx: PatientContext) -> SubtypeAssessment:
@@ -377,38 +344,84 @@ def assess_dystrophic(
     )
 
 
+def _lesion_sites(ctx: PatientContext) -> tuple[tuple[str, ...], frozenset[str]]:
+    """Where the calcinosis is: its recorded body sites (or the entry's words), and SNOMED codes."""
+    entries = ctx.conditions(
+        ClinicalConcept.CALCINOSIS_CUTIS,
+        ClinicalConcept.CALCINOSIS_CIRCUMSCRIPTA,
+        ClinicalConcept.CALCINOSIS_UNIVERSALIS,
+    )
+    texts: list[str] = []
+    for entry in entries:
+        texts.extend(entry.body_sites or ((entry.text,) if entry.text else ()))
+    return tuple(texts), frozenset(code for entry in entries for code in entry.body_site_codes)
+
+
+def site_match(ctx: PatientContext, texts: tuple[str, ...], codes: tuple[str, ...]) -> tuple[bool | None, str]:
+    """Whether an exposure's site (MedicationAdministration.dosage.site, Procedure.bodySite) is
+    where the calcinosis is (5.4): the same SNOMED CT site, else the same body region and side
+    from the texts. Returns the outcome and the words for it."""
+    lesion_texts, lesion_codes = _lesion_sites(ctx)
+    if lesion_codes & set(codes):
+        return True, "at the same coded site as the calcinosis"
+    outcome = compare_sites(texts, lesion_texts)
+    where = ", ".join(texts)
+    if outcome is True:
+        return True, f"at the site of the calcinosis ({where})"
+    if outcome is False:
+        return False, f"at a different site ({where}) from the calcinosis"
+    return None, "site not recorded for both, so a match cannot be assessed"
+
+
 def iatrogenic_exposures(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]:
-    """Qualifying exposures (5.4), split into close to onset (strong) and within the window (weak)."""
+    """Qualifying exposures (5.4), split into strong and weak support. An exposure close to onset
+    is strong, within the window weak; a site matching the calcinosis raises it to strong, a site
+    that differs lowers it one step (a weak one then no longer counts, and is reported against)."""
     onset = ctx.onset() or ctx.as_of
     window_start = onset - timedelta(days=ctx.kb.days("iatrogenic-lookback-days"))
     close_start = onset - timedelta(days=ctx.kb.days("iatrogenic-close-days"))
     strong: list[RuleFinding] = []
     weak: list[RuleFinding] = []
+
+    def place(finding: RuleFinding, close: bool, match: bool | None) -> None:
+        if match is True or (close and match is None):
+            strong.append(finding)
+        elif close or match is None:
+            weak.append(finding)
+        else:
+            weak_against.append(replace(finding, supports=False))
+
+    weak_against: list[RuleFinding] = []
     for medication in ctx.medications(DrugClass.IV_CALCIUM, DrugClass.PARENTERAL_PHOSPHATE):
         when = medication.start
         if when is None or not (window_start <= when <= onset):
             continue
         if medication.drug_class is DrugClass.IV_CALCIUM and not medication.parenteral:
             continue
-        label = "IV calcium" if medication.drug_class is DrugClass.IV_CALCIUM else "Parenteral phosphate"
-        finding = RuleFinding(
-            "CC-IAT-CA" if medication.drug_class is DrugClass.IV_CALCIUM else "CC-IAT-PHOS",
-            f"{label} on {when.date().isoformat()}, before calcinosis was recorded (site match not assessable from coded data)",
-            (medication_evidence(medication),),
-            ("Ca-gluconate", "Reiter-I") if medication.drug_class is DrugClass.IV_CALCIUM else ("DermNet",),
+        iv_calcium = medication.drug_class is DrugClass.IV_CALCIUM
+        label = "IV calcium" if iv_calcium else "Parenteral phosphate"
+        match, words = site_match(
+            ctx, (medication.site,) if medication.site else (), (medication.site_code,) if medication.site_code else ()
         )
-        (strong if when >= close_start and medication.drug_class is DrugClass.IV_CALCIUM else weak).append(finding)
+        finding = RuleFinding(
+            "CC-IAT-CA" if iv_calcium else "CC-IAT-PHOS",
+            f"{label} on {when.date().isoformat()}, before calcinosis was recorded, {words}",
+            (medication_evidence(medication),),
+            ("Ca-gluconate", "Reiter-I") if iv_calcium else ("DermNet",),
+        )
+        place(finding, when >= close_start and iv_calcium, match)
     for procedure in ctx.procedures(ProcedureKind.EEG_EMG):
         when = procedure.start
         if when is not None and window_start <= when <= onset:
-            weak.append(
-                RuleFinding(
-                    "CC-IAT-EEG",
-                    f"EEG/EMG on {when.date().isoformat()}: calcium-containing electrode paste can cause calcinosis at electrode sites",
-                    (procedure_evidence(procedure),),
-                    ("DermNet",),
-                )
+            match, words = site_match(ctx, procedure.body_sites, procedure.body_site_codes)
+            finding = RuleFinding(
+                "CC-IAT-EEG",
+                f"EEG/EMG on {when.date().isoformat()}: calcium-containing electrode paste can cause calcinosis at "
+                f"electrode sites; {words}",
+                (procedure_evidence(procedure),),
+                ("DermNet",),
             )
+            place(finding, False, match)
     age = ctx.findings.age_years_at(onset)
     if age is not None and age < ctx.kb.value("heel-stick-age-years"):
         for procedure in ctx.procedures(ProcedureKind.HEEL_STICK):
@@ -420,7 +433,7 @@ def iatrogenic_exposures(ctx: PatientContext) -> tuple[list[RuleFinding], list[R
                     ("Heel-stick", "DermNet"),
                 )
             )
-    return strong, weak
+    return strong, weak + weak_against
 
 
 def assess_iatrogenic(ctx: PatientContext) -> SubtypeAssessment:
@@ -428,8 +441,10 @@ def assess_iatrogenic(ctx: PatientContext) -> SubtypeAssessment:
     strong, weak = iatrogenic_exposures(ctx)
     if strong:
         return SubtypeAssessment(Subtype.IATROGENIC, Likelihood.LIKELY, tuple(strong + weak))
-    if weak:
+    if any(f.supports for f in weak):
         return SubtypeAssessment(Subtype.IATROGENIC, Likelihood.POSSIBLE, tuple(weak))
+    if weak:
+        return SubtypeAssessment(Subtype.IATROGENIC, Likelihood.UNLIKELY, tuple(weak))
     if not ctx.findings.has_medication_data and not ctx.findings.has_procedure_data:
         return SubtypeAssessment(
             Subtype.IATROGENIC,
@@ -530,119 +545,187 @@ def assess_idiopathic(
     return SubtypeAssessment(Subtype.IDIOPATHIC, Likelihood.POSSIBLE, (exclusion,), tuple(still))
 
 
-def assess_calciphylaxis(
-    ctx: PatientContext, risk_pattern_met: bool, risk_evidence: tuple[Evidence, ...]
-) -> SubtypeAssessment:
-    """CC-CPX (5.5): coded calciphylaxis; or advanced kidney disease with ischemic lesions or the
-    consensus risk pattern. Never more than `possible` without a coded diagnosis."""
-    coded = ctx.conditions(ClinicalConcept.CALCIPHYLAXIS)
-    active_coded = [c for c in coded if c.active]
-    if active_coded:
-        return SubtypeAssessment(
-            Subtype.CALCIPHYLAXIS,
-            Likelihood.LIKELY,
-            (
-                RuleFinding(
-                    "CC-CPX-CODED",
-                    "Calciphylaxis is recorded on the problem list",
-                    tuple(condition_evidence(c) for c in active_coded),
-                    ("Nigwekar-NEJM-2018",),
-                ),
-            ),
+NON_UREMIC_CONCEPTS = (
+    (ClinicalConcept.HYPERPARATHYROIDISM_PRIMARY, "primary-hyperparathyroidism", "Primary hyperparathyroidism"),
+    (ClinicalConcept.MALIGNANCY, "malignancy", "Malignancy"),
+    (ClinicalConcept.MULTIPLE_MYELOMA, "multiple-myeloma", "Multiple myeloma"),
+    (ClinicalConcept.LIVER_CIRRHOSIS, "liver-disease", "Alcoholic liver disease or cirrhosis"),
+    (ClinicalConcept.PROTEIN_C_S_DEFICIENCY, "protein-c-s-deficiency", "Protein C or S deficiency"),
+    (ClinicalConcept.OBESITY, "obesity", "Obesity"),
+)
+NON_UREMIC_SOURCES = ("Nigwekar-2008", "Kalajian-2009")
+LESION_STATEMENT = "Ischemic or necrotic skin lesion recorded (livedo, retiform purpura, necrotic ulcer or eschar)"
+LESION_HINT = "skin examination for painful, livedoid or necrotic lesions"
+
+
+def non_uremic_factors(ctx: PatientContext) -> tuple[RiskFactor, ...]:
+    """Predisposing features of non-uremic calciphylaxis found in the record (5.5.3)."""
+    factors: list[RiskFactor] = []
+    for concept, factor_id, label in NON_UREMIC_CONCEPTS + tuple(
+        (c, "connective-tissue-disease", "Connective tissue disease") for c in ACTD
+    ):
+        found = ctx.conditions(concept, active_only=True)
+        if found and factor_id not in {f.factor_id for f in factors}:
+            factors.append(
+                RiskFactor(
+                    factor_id, label, "non-uremic", tuple(condition_evidence(c) for c in found[:2]), NON_UREMIC_SOURCES
+                )
+            )
+    for drug_classes, factor_id, label in (
+        ((DrugClass.GLUCOCORTICOID,), "glucocorticoids", "Systemic glucocorticoids"),
+        ((DrugClass.WARFARIN,), "vitamin-k-antagonist", "Warfarin (vitamin K antagonist)"),
+    ):
+        taken = [m for m in ctx.medications(*drug_classes) if m.status not in ("entered-in-error", "cancelled")]
+        if taken:
+            factors.append(
+                RiskFactor(factor_id, label, "non-uremic", cite_medications(taken, limit=2), NON_UREMIC_SOURCES)
+            )
+    albumin = ctx.latest(Analyte.ALBUMIN, ctx.gate_start)
+    if (
+        albumin is not None
+        and albumin.value is not None
+        and is_below(albumin.value, albumin.comparator, ctx.kb.value("albumin-low"))
+    ):
+        factors.append(
+            RiskFactor(
+                "hypoalbuminemia",
+                f"Albumin {albumin.reported}",
+                "non-uremic",
+                (lab_evidence(albumin),),
+                NON_UREMIC_SOURCES,
+            )
         )
+    if ctx.findings.sex is Sex.FEMALE:
+        factors.append(
+            RiskFactor(
+                "female-sex", "Female sex (most non-uremic cases are women)", "non-uremic", (), ("Nigwekar-2008",)
+            )
+        )
+    return tuple(factors)
+
+
+def assess_calciphylaxis(ctx: PatientContext, risk: CalciphylaxisRisk) -> tuple[SubtypeAssessment, CalciphylaxisSignal]:
+    """CC-CPX (5.5) and the calciphylaxis signal (see `CalciphylaxisSignal`).
+
+    Coded calciphylaxis is `likely` (recorded) or, when coded as provisional or differential,
+    `possible` (suspected). Typical ischemic or necrotic lesions make it suspected: `likely` in the
+    uremic setting with the consensus risk pattern or a major factor (the consensus "clinical
+    diagnosis" tier needs a risk factor and typical lesions), `possible` otherwise, including the
+    non-uremic setting of 5.5.3. The risk pattern without lesions is only an elevated risk and
+    leaves the subtype `unlikely`: a risk is not a lesion."""
     kidney = ctx.kidney
-    lesions = ctx.conditions(ClinicalConcept.ISCHEMIC_SKIN_LESION, active_only=True)
-    findings: list[RuleFinding] = []
-    if kidney.advanced:
-        evidence: tuple[Evidence, ...] = kidney.reading_evidence()
-        evidence += kidney.dialysis_evidence + kidney.coded_evidence
+    lesions = tuple(
+        condition_evidence(c) for c in ctx.conditions(ClinicalConcept.ISCHEMIC_SKIN_LESION, active_only=True)
+    )
+    uremic = kidney.advanced
+    nonuremic = () if uremic else non_uremic_factors(ctx)
+    setting = "uremic" if uremic else ("non-uremic" if lesions else None)
+    coded = [c for c in ctx.conditions(ClinicalConcept.CALCIPHYLAXIS) if c.active]
+    if coded:
+        confirmed = [c for c in coded if not c.suspected]
+        status = CalciphylaxisStatus.RECORDED if confirmed else CalciphylaxisStatus.SUSPECTED
+        statement = (
+            "Calciphylaxis is recorded on the problem list"
+            if confirmed
+            else "Calciphylaxis is recorded as suspected (provisional or differential) on the problem list"
+        )
+        findings = [
+            RuleFinding("CC-CPX-CODED", statement, tuple(condition_evidence(c) for c in coded), ("Nigwekar-NEJM-2018",))
+        ]
+        if lesions:
+            findings.append(RuleFinding("CC-CPX-LESION", LESION_STATEMENT, lesions, ("Calciphylaxis-consensus",)))
+        signal = CalciphylaxisSignal(
+            status, setting or ("non-uremic" if kidney.known and not uremic else None), lesions, True, False, nonuremic
+        )
+        likelihood = Likelihood.LIKELY if confirmed else Likelihood.POSSIBLE
+        return SubtypeAssessment(Subtype.CALCIPHYLAXIS, likelihood, tuple(findings)), signal
+    findings = []
+    if uremic:
         findings.append(
             RuleFinding(
                 "CC-CPX-CKD",
                 "Advanced kidney disease, dialysis or transplant: the setting of most calciphylaxis",
-                evidence,
+                kidney.reading_evidence() + kidney.dialysis_evidence + kidney.coded_evidence,
                 ("Nigwekar-NEJM-2018",),
             )
         )
-        if lesions:
-            findings.append(
-                RuleFinding(
-                    "CC-CPX-LESION",
-                    "Ischemic skin lesion recorded (livedo, retiform purpura, necrotic ulcer or eschar)",
-                    tuple(condition_evidence(c) for c in lesions),
-                    ("Calciphylaxis-consensus",),
-                )
-            )
-        if risk_pattern_met:
-            findings.append(
-                RuleFinding(
-                    "CC-CPX-RISK",
-                    f"Consensus risk pattern met ({ctx.kb.number('calciphylaxis-pattern-major')} major, or 1 major "
-                    f"and {ctx.kb.number('calciphylaxis-pattern-minor-with-major')} minor factors)",
-                    risk_evidence,
-                    ("Calciphylaxis-consensus",),
-                )
-            )
-        if lesions or risk_pattern_met:
-            return SubtypeAssessment(
-                Subtype.CALCIPHYLAXIS,
-                Likelihood.POSSIBLE,
-                tuple(findings),
-                ("skin examination for painful, livedoid or necrotic lesions",),
-            )
-        return SubtypeAssessment(
-            Subtype.CALCIPHYLAXIS,
-            Likelihood.UNLIKELY,
-            tuple(findings)
-            + (
-                RuleFinding(
-                    "CC-CPX-NOPATTERN",
-                    "No ischemic lesion is coded and the consensus risk pattern is not met",
-                    (),
-                    ("Calciphylaxis-consensus",),
-                    supports=False,
-                ),
-            ),
-        )
-    if not kidney.known:
-        return SubtypeAssessment(
-            Subtype.CALCIPHYLAXIS,
-            Likelihood.UNDETERMINED,
-            (
-                RuleFinding(
-                    "CC-CPX-NOKIDNEY",
-                    f"Kidney function is unknown (no eGFR in {ctx.kb.quantity('gate-lookback-days')}, "
-                    "no CKD, dialysis or transplant record)",
-                    (),
-                    ("Nigwekar-NEJM-2018",),
-                    supports=False,
-                ),
-            ),
-            ("eGFR",),
-        )
     if lesions:
-        return SubtypeAssessment(
-            Subtype.CALCIPHYLAXIS,
-            Likelihood.POSSIBLE,
-            (
+        findings.append(RuleFinding("CC-CPX-LESION", LESION_STATEMENT, lesions, ("Calciphylaxis-consensus",)))
+        if uremic:
+            if risk.pattern == "met" or risk.major:
+                findings.append(
+                    RuleFinding(
+                        "CC-CPX-RISK",
+                        "Consensus risk pattern met"
+                        if risk.pattern == "met"
+                        else "Major calciphylaxis risk factor on record",
+                        tuple(e for f in risk.major + risk.minor for e in f.evidence),
+                        ("Calciphylaxis-consensus",),
+                    )
+                )
+                likelihood = Likelihood.LIKELY
+            else:
+                likelihood = Likelihood.POSSIBLE
+        else:
+            findings.append(
                 RuleFinding(
                     "CC-CPX-NONUREMIC",
-                    "Ischemic skin lesion without advanced kidney disease: non-uremic calciphylaxis is rare but reported",
-                    tuple(condition_evidence(c) for c in lesions),
-                    ("Nigwekar-2008",),
-                ),
-            ),
-        )
-    return SubtypeAssessment(
-        Subtype.CALCIPHYLAXIS,
-        Likelihood.UNLIKELY,
-        (
+                    "Ischemic skin lesion without advanced kidney disease: non-uremic calciphylaxis is rare but reported"
+                    + (f" ({', '.join(f.label.lower() for f in nonuremic[:4])} on record)" if nonuremic else ""),
+                    lesions + tuple(e for f in nonuremic for e in f.evidence),
+                    ("Nigwekar-2008", "Kalajian-2009"),
+                )
+            )
+            likelihood = Likelihood.POSSIBLE
+        signal = CalciphylaxisSignal(CalciphylaxisStatus.SUSPECTED, setting, lesions, True, False, nonuremic)
+        return SubtypeAssessment(Subtype.CALCIPHYLAXIS, likelihood, tuple(findings)), signal
+    risk_section = kidney.on_dialysis or kidney.advanced
+    if risk.pattern == "met":
+        findings.append(
             RuleFinding(
-                "CC-CPX-NOCKD",
-                "No advanced kidney disease and no ischemic skin lesion recorded; non-uremic calciphylaxis is rare",
-                (),
-                ("Nigwekar-2008",),
+                "CC-CPX-ELEVATED-RISK",
+                "Consensus risk pattern met without any ischemic skin lesion recorded: elevated calciphylaxis risk, not a diagnosis",
+                tuple(e for f in risk.major + risk.minor for e in f.evidence),
+                ("Calciphylaxis-consensus",),
                 supports=False,
-            ),
-        ),
+            )
+        )
+        signal = CalciphylaxisSignal(CalciphylaxisStatus.ELEVATED_RISK, setting, (), True, True)
+        return (
+            SubtypeAssessment(Subtype.CALCIPHYLAXIS, Likelihood.UNLIKELY, tuple(findings), (LESION_HINT,)),
+            signal,
+        )
+    if uremic:
+        findings.append(
+            RuleFinding(
+                "CC-CPX-NOPATTERN",
+                "No ischemic lesion is coded and the consensus risk pattern is not met",
+                (),
+                ("Calciphylaxis-consensus",),
+                supports=False,
+            )
+        )
+        signal = CalciphylaxisSignal(CalciphylaxisStatus.NOT_SUSPECTED, setting, (), risk_section, False)
+        return SubtypeAssessment(Subtype.CALCIPHYLAXIS, Likelihood.UNLIKELY, tuple(findings)), signal
+    if not kidney.known:
+        finding = RuleFinding(
+            "CC-CPX-NOKIDNEY",
+            f"Kidney function is unknown (no eGFR or creatinine in {ctx.kb.quantity('gate-lookback-days')}, "
+            "no CKD, dialysis or transplant record)",
+            (),
+            ("Nigwekar-NEJM-2018",),
+            supports=False,
+        )
+        signal = CalciphylaxisSignal(CalciphylaxisStatus.UNKNOWN, None, (), False, False)
+        return SubtypeAssessment(
+            Subtype.CALCIPHYLAXIS, Likelihood.UNDETERMINED, (finding,), ("eGFR or creatinine",)
+        ), signal
+    finding = RuleFinding(
+        "CC-CPX-NOCKD",
+        "No advanced kidney disease and no ischemic skin lesion recorded; non-uremic calciphylaxis is rare",
+        (),
+        ("Nigwekar-2008",),
+        supports=False,
     )
+    signal = CalciphylaxisSignal(CalciphylaxisStatus.NOT_SUSPECTED, None, (), False, False)
+    return SubtypeAssessment(Subtype.CALCIPHYLAXIS, Likelihood.UNLIKELY, (finding,)), signal

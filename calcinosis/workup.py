@@ -19,12 +19,15 @@ from calcinosis.assessment import (
     WorkupGap,
 )
 from calcinosis.context import HIGH, LOW, NORMAL, PatientContext, lab_evidence, procedure_evidence
-from calcinosis.findings import Analyte, ProcedureKind
+from calcinosis.findings import Analyte, Interpretation, ProcedureKind
 from calcinosis.knowledge_base import WorkupItem
 
 ANALYTES = {a.value: a for a in Analyte}
 PROCEDURES = {p.value: p for p in ProcedureKind}
 SUSPECTED = (Likelihood.LIKELY, Likelihood.POSSIBLE)
+ELEVATED_RISK = "calciphylaxis-elevated-risk"
+"""Internal trigger: the risk pattern without lesions. It orders nothing of its own, but a biopsy
+stays withheld as it is while calciphylaxis is suspected (7.2): a biopsy can start the ulcer."""
 
 
 def active_triggers(
@@ -49,21 +52,43 @@ def active_triggers(
     if calcium_high or phosphate_high:
         triggers.add("hypercalcemia-or-hyperphosphatemia")
     # "If there is no established CTD diagnosis but the picture suggests one" (5.1): features of
-    # SSc coded without a CTD, or a dystrophic picture with no cause that nothing else explains.
-    explained = any(s.likelihood is Likelihood.LIKELY for s in subtypes.values())
-    if not explained and any(f.rule_id == "CC-DYS-NOCAUSE" for f in subtypes[Subtype.DYSTROPHIC].findings):
-        triggers.add("suspected-ctd")
-    if any(f.rule_id == "CC-DYS-SSC-FEATURE" for f in subtypes[Subtype.DYSTROPHIC].findings) and not any(
-        f.rule_id == "CC-DYS-CAUSE" for f in subtypes[Subtype.DYSTROPHIC].findings
+    # systemic sclerosis (Raynaud, digital ulcers, acro-osteolysis), a positive ANA or a raised
+    # CK, with no connective tissue disease coded. A chart with no coded cause is not enough: the
+    # antibody panels are low-yield there (11.4).
+    dystrophic_rules = set(subtypes[Subtype.DYSTROPHIC].rule_ids)
+    if "CC-DYS-CAUSE" not in dystrophic_rules and (
+        "CC-DYS-SSC-FEATURE" in dystrophic_rules or _ctd_labs_suggestive(ctx)
     ):
         triggers.add("suspected-ctd")
+    reading = ctx.calcium
+    if (
+        reading is not None
+        and reading.kind == "corrected"
+        and reading.albumin is not None
+        and reading.albumin.value is not None
+        and reading.anchor_applied
+        and (
+            reading.albumin.value < ctx.kb.value("albumin-correction-unreliable")
+            or (ctx.kidney.advanced and reading.albumin.value < ctx.kb.value("albumin-correction-anchor"))
+        )
+    ):
+        # 2.1: prefer ionized calcium in ESKD and where albumin is low; the correction is unreliable.
+        triggers.add("corrected-calcium-unreliable")
+    if ctx.kidney.on_dialysis or "corrected-calcium-unreliable" in triggers:
+        triggers.add("urine-not-informative")
     if calciphylaxis:
         triggers.add("calciphylaxis-suspected")
+    if any(f.rule_id == "CC-CPX-ELEVATED-RISK" for f in subtypes[Subtype.CALCIPHYLAXIS].findings):
+        triggers.add(ELEVATED_RISK)
     raised = {d.differential_id for d in differentials if d.raised_by}
     if "gouty-tophus" in raised:
         triggers.add("gout-raised")
     if "xanthoma" in raised:
         triggers.add("xanthoma-raised")
+    if "primary-hyperoxaluria" in raised:
+        triggers.add("oxalosis-raised")
+    if "hyperphosphatemic-tumoral-calcinosis" in raised:
+        triggers.add("hftc-raised")
     no_likely = not any(s.likelihood is Likelihood.LIKELY for s in subtypes.values())
     mimic_raised = bool(
         raised
@@ -72,6 +97,22 @@ def active_triggers(
     if no_likely and (mimic_raised or subtypes[Subtype.IDIOPATHIC].likelihood is Likelihood.POSSIBLE):
         triggers.add("diagnosis-uncertain")
     return triggers
+
+
+def _ctd_labs_suggestive(ctx: PatientContext) -> bool:
+    """A positive ANA, or a creatine kinase above the lab's range, on file (5.1, 6)."""
+    for lab in ctx.labs(Analyte.ANA):
+        if lab.interpretation in (Interpretation.HIGH, Interpretation.ABNORMAL):
+            return True
+        if lab.qualitative is not None and lab.qualitative.strip().lower().startswith(
+            ("positive", "detected", "reactive")
+        ):
+            return True
+    ck = ctx.latest(Analyte.CREATINE_KINASE)
+    if ck is not None and ck.value is not None:
+        status, _ = ctx.judge(ck, ck.value, None, None)
+        return status == HIGH
+    return False
 
 
 def _gap(ctx: PatientContext, item: WorkupItem) -> WorkupGap | None:
@@ -123,7 +164,9 @@ def workup_gaps(
     for item in ctx.kb.workup:
         if item.trigger not in triggers:
             continue
-        if item.never_when is not None and item.never_when in triggers:
+        if item.never_when is not None and (
+            item.never_when in triggers or (item.never_when == "calciphylaxis-suspected" and ELEVATED_RISK in triggers)
+        ):
             suppressed.append(SuppressedWorkup(item.id, item.label, item.caution or f"withheld: {item.never_when}"))
             continue
         gap = _gap(ctx, item)

@@ -38,7 +38,8 @@ from calcinosis.findings import (
     Sex,
     SourceRef,
 )
-from fhir_mapping.terminology import Finding, Terminology, normalise_system
+from fhir_mapping.assertion import Assertion, assertion_of
+from fhir_mapping.terminology import SNOMED, Finding, Terminology, normalise_system
 from fhir_mapping.units import normalise
 
 OBSERVATION_COUNTS = frozenset({"final", "amended", "corrected"})
@@ -46,6 +47,17 @@ CONDITION_SKIP = frozenset({"refuted", "entered-in-error"})
 MEDICATION_SKIP = frozenset({"entered-in-error", "cancelled", "draft", "not-taken", "not-done"})
 PROCEDURE_SKIP = frozenset({"not-done", "entered-in-error", "preparation"})
 MEDICATION_TYPES = frozenset({"MedicationRequest", "MedicationStatement", "MedicationAdministration"})
+ENTRY_CONCEPTS = frozenset(
+    {
+        ClinicalConcept.CALCINOSIS_CUTIS,
+        ClinicalConcept.CALCINOSIS_CIRCUMSCRIPTA,
+        ClinicalConcept.CALCINOSIS_UNIVERSALIS,
+        ClinicalConcept.CALCIPHYLAXIS,
+    }
+)
+"""Concepts that open an assessment (clinical-knowledge.md 4): their words must document them."""
+CURRENT_ONLY = ENTRY_CONCEPTS | {ClinicalConcept.ISCHEMIC_SKIN_LESION, ClinicalConcept.ACUTE_KIDNEY_INJURY}
+"""Concepts that matter only while present: a past or resolved one is not documentation."""
 
 _INTERPRETATION = {
     "H": Interpretation.HIGH,
@@ -226,6 +238,8 @@ class FindingsBuilder:
         # the same drug on every refill): the value-set look-ups of one request are remembered
         # for that request only, so no patient text outlives it.
         self._text_findings: dict[tuple[str, str], list[Finding]] = {}
+        self._text_spans: dict[tuple[str, str], list[tuple[Finding, Assertion]]] = {}
+        self.unreadable_entries: list[str] = []
         self._code_findings: dict[tuple[str | None, str | None], list[Finding]] = {}
         self._analytes_by_code: dict[tuple[str | None, str], tuple[Analyte, ...]] = {}
         # The draws of a panel share one timestamp, and every resource names the same subject.
@@ -269,6 +283,11 @@ class FindingsBuilder:
         resource_id = resource.get("id")
         if not isinstance(resource_id, str) or not resource_id:
             self._skip(f"{kind}/(no id)", "resource has no id")
+            if kind == "Condition" and any(
+                finding in ENTRY_CONCEPTS
+                for finding, _ in self._classify(resource.get("code"), "condition", ClinicalConcept)
+            ):
+                self.unreadable_entries.append(f"{kind}/(no id)")
             return
         reference = f"{kind}/{resource_id}"
         try:
@@ -328,6 +347,7 @@ class FindingsBuilder:
             issues=tuple(self.issues),
             resources_seen=self.seen,
             resources_skipped=self.skipped,
+            unreadable_entries=tuple(self.unreadable_entries),
         )
         return MappingResult(findings, self.index)
 
@@ -589,6 +609,24 @@ class FindingsBuilder:
         if not found:
             return
         self._check_patient(resource)
+        try:
+            self._read_condition(resource, reference, concept, found, label)
+        except MalformedResourceError:
+            if any(finding in ENTRY_CONCEPTS for finding, _ in found):
+                self.unreadable_entries.append(reference)
+            raise
+
+    def _read_condition(
+        self,
+        resource: dict[str, Any],
+        reference: str,
+        concept: Any,
+        found: list[tuple[ClinicalConcept, Coding]],
+        label: str | None,
+    ) -> None:
+        found, suspected_by_text = self._asserted(concept, found)
+        if not found:
+            return
         verification = self._status_code(resource.get("verificationStatus"))
         if verification in CONDITION_SKIP:
             self._skip(reference, f"verification status '{verification}'")
@@ -602,7 +640,13 @@ class FindingsBuilder:
         )
         recorded = parse_datetime(resource.get("recordedDate"))
         abatement = parse_datetime(resource.get("abatementDateTime")) or _period_point(resource.get("abatementPeriod"))
-        body_sites = tuple(site for site in (_label(s) for s in _list(resource.get("bodySite"))) if site)
+        sites = _list(resource.get("bodySite"))
+        body_sites = tuple(site for site in (_label(s) for s in sites) if site)
+        site_codes = tuple(
+            code for s in sites for system, code, _ in _codings(s) if code and normalise_system(system) == SNOMED
+        )
+        suspected = suspected_by_text or verification in ("provisional", "differential")
+        text = _dict(concept).get("text")
         self.index[reference] = resource
         for finding, (system, code, display) in found:
             self.conditions.append(
@@ -616,6 +660,9 @@ class FindingsBuilder:
                     verification_status=verification,
                     body_sites=body_sites,
                     matched_by_text=code is None,
+                    suspected=suspected,
+                    body_site_codes=site_codes,
+                    text=text if isinstance(text, str) and text.strip() else None,
                 )
             )
 
@@ -646,6 +693,41 @@ class FindingsBuilder:
                     label = label or _label(concept)
                     found.append((finding, (None, None, label)))
         return found
+
+    def _asserted(
+        self, concept: Any, found: list[tuple[ClinicalConcept, Coding]]
+    ) -> tuple[list[tuple[ClinicalConcept, Coding]], bool]:
+        """The findings a Condition's words actually document (clinical-knowledge.md 4), and
+        whether they state a suspicion. The words are the entry's `text` (what the problem list
+        shows), else its displays. Negated, family and risk statements document nothing, and a
+        past or resolved calcinosis, ischemic lesion or AKI is not current; the codes of those
+        concepts are held to the same words, so "Calcinosis cutis - resolved" on an active L94.2
+        entry stays silent. Other codes stand whatever the words (a coded gout is gout)."""
+        text = _dict(concept).get("text")
+        texts = [text] if isinstance(text, str) and text.strip() else [d for _, _, d in _codings(concept) if d]
+        verdicts: dict[Finding, set[Assertion]] = {}
+        for piece in texts:
+            key = ("condition", piece)
+            spans = self._text_spans.get(key)
+            if spans is None:
+                spans = self._text_spans[key] = [
+                    (finding, assertion_of(piece, start, end))
+                    for finding, start, end in self.terminology.match_text_spans("condition", piece)
+                ]
+            for finding, verdict in spans:
+                verdicts.setdefault(finding, set()).add(verdict)
+        kept: list[tuple[ClinicalConcept, Coding]] = []
+        suspected = False
+        for finding, coding in found:
+            said = verdicts.get(finding)
+            if said is None or Assertion.AFFIRMED in said or (coding[1] is not None and finding not in CURRENT_ONLY):
+                kept.append((finding, coding))
+            elif Assertion.SUSPECTED in said:
+                kept.append((finding, coding))
+                suspected = suspected or finding in ENTRY_CONCEPTS
+            elif said == {Assertion.HISTORICAL} and finding not in CURRENT_ONLY:
+                kept.append((finding, coding))
+        return kept, suspected
 
     def _status_code(self, concept: Any) -> str | None:
         for _, code, _ in _codings(concept):
@@ -692,7 +774,7 @@ class FindingsBuilder:
         if status in MEDICATION_SKIP:
             self._skip(reference, f"status '{status}'")
             return
-        start, end, route, dose = self._medication_timing(resource, kind, status)
+        start, end, route, dose, site, site_code = self._medication_timing(resource, kind, status)
         self.index[reference] = resource
         for drug_class, (system, code, display) in found:
             self.medications.append(
@@ -705,12 +787,14 @@ class FindingsBuilder:
                     route=route,
                     daily_dose_mcg=dose,
                     name=label,
+                    site=site,
+                    site_code=site_code,
                 )
             )
 
     def _medication_timing(
         self, resource: dict[str, Any], kind: str, status: str
-    ) -> tuple[datetime | None, datetime | None, str | None, float | None]:
+    ) -> tuple[datetime | None, datetime | None, str | None, float | None, str | None, str | None]:
         dosages: list[Any]
         if kind == "MedicationAdministration":
             dosages = [resource.get("dosage")] if isinstance(resource.get("dosage"), dict) else []
@@ -738,11 +822,18 @@ class FindingsBuilder:
             end = start
         route: str | None = None
         dose: float | None = None
+        site: str | None = None
+        site_code: str | None = None
         for dosage in dosages:
             dosage = _dict(dosage)
             route = route or _label(dosage.get("route"))
             dose = dose if dose is not None else self._daily_dose(dosage)
-        return start, end, route, dose
+            if site is None and site_code is None:
+                site = _label(dosage.get("site"))
+                site_code = next(
+                    (c for sys, c, _ in _codings(dosage.get("site")) if c and normalise_system(sys) == SNOMED), None
+                )
+        return start, end, route, dose, site, site_code
 
     def _daily_dose(self, dosage: dict[str, Any]) -> float | None:
         """Micrograms a day from a dose quantity and timing, or None when not derivable."""
@@ -783,11 +874,20 @@ class FindingsBuilder:
             resource.get("performedPeriod"), prefer_end=False
         )
         end = _period_point(resource.get("performedPeriod")) or start
+        sites = _list(resource.get("bodySite"))
+        body_sites = tuple(site for site in (_label(s) for s in sites) if site)
+        site_codes = tuple(c for s in sites for sys, c, _ in _codings(s) if c and normalise_system(sys) == SNOMED)
         self.index[reference] = resource
         for kind, (system, code, display) in found:
             self.procedures.append(
                 ProcedureFinding(
-                    kind, self._source("Procedure", resource["id"], system, code, display or label), start, end, status
+                    kind,
+                    self._source("Procedure", resource["id"], system, code, display or label),
+                    start,
+                    end,
+                    status,
+                    body_sites,
+                    site_codes,
                 )
             )
 

@@ -23,7 +23,7 @@ import orjson
 from pydantic import ValidationError
 
 from calcinosis.assessment import Assessment
-from calcinosis.engine import assess, entry_evidence
+from calcinosis.engine import ENTRY_CONCEPTS, assess, entry_evidence
 from calcinosis.findings import DataIssue, PatientFindings
 from calcinosis.knowledge_base import KnowledgeBase, default_knowledge
 from fhir_mapping.mapping import map_resources
@@ -36,6 +36,10 @@ class AssessmentResult:
 
     assessment: Assessment | None
     findings: PatientFindings
+    unreadable_documentation: tuple[str, ...] = ()
+    """Resources naming calcinosis or calciphylaxis that could not be read (malformed, no id, or
+    failing FHIR validation). When the assessment is None because of them, the response must say
+    that data could not be read rather than fall silent."""
 
 
 @lru_cache(maxsize=1)
@@ -71,7 +75,7 @@ USED_ELEMENTS: dict[str, tuple[str, ...]] = {
         "status", "subject", "medicationCodeableConcept", "medicationReference", "contained",
         "effectiveDateTime", "effectivePeriod", "dosage",
     ),
-    "Procedure": ("status", "code", "subject", "performedDateTime", "performedPeriod"),
+    "Procedure": ("status", "code", "subject", "performedDateTime", "performedPeriod", "bodySite"),
 }  # fmt: skip
 
 
@@ -117,7 +121,9 @@ def validation_problem(resource: dict[str, Any], cache: ValidationCache | None =
         return "unknown resource type"
     used = USED_ELEMENTS.get(resource_type)
     if used is not None:
-        resource = {key: resource[key] for key in ("resourceType", "id", *used) if key in resource}
+        # The id is not validated: it only names the resource in the card's evidence, and an id that
+        # breaks FHIR's rule (an underscore, say) must not discard the diagnosis it carries.
+        resource = {key: resource[key] for key in ("resourceType", *used) if key in resource}
     key = b""
     if cache is not None:
         try:
@@ -249,6 +255,7 @@ def warm_up_samples() -> list[dict[str, Any]]:
             "subject": subject,
             "code": concept,
             "performedPeriod": period,
+            "bodySite": [concept],
         },
         {
             "resourceType": "Procedure",
@@ -292,10 +299,12 @@ def assess_resources(
     findings = mapped.findings
     checked: set[str] = set()
     invalid: dict[str, str] = {}
+    entry_references = {c.source.reference for c in findings.conditions if c.concept in ENTRY_CONCEPTS}
     while True:
         assessment = assess(findings, kb)
         if assessment is None or not validate:
-            return AssessmentResult(assessment, findings)
+            unreadable = findings.unreadable_entries + tuple(sorted(set(invalid) & entry_references))
+            return AssessmentResult(assessment, findings, unreadable)
         newly: dict[str, str] = {}
         for reference in assessment.evidence_references - checked:
             checked.add(reference)
@@ -304,7 +313,8 @@ def assess_resources(
             if problem is not None:
                 newly[reference] = problem
         if not newly:
-            return AssessmentResult(assessment, findings)
+            unreadable = findings.unreadable_entries + tuple(sorted(set(invalid) & entry_references))
+            return AssessmentResult(assessment, findings, unreadable)
         invalid.update(newly)
         findings = _without(findings, newly)
 
@@ -317,4 +327,5 @@ def documents_calcinosis(resources: Iterable[Any], terminology: Terminology | No
     """
     conditions = [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Condition"]
     mapped = map_resources(conditions, terminology or default_terminology(), datetime.now(UTC))
-    return bool(entry_evidence(mapped.findings))
+    # An entry naming calcinosis that cannot be read still needs an answer ("could not be read").
+    return bool(entry_evidence(mapped.findings)) or bool(mapped.findings.unreadable_entries)

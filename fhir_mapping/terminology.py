@@ -157,6 +157,20 @@ class Terminology:
                     found.append(finding)
         return found
 
+    def match_text_spans(self, kind: str, text: str) -> list[tuple[Finding, int, int]]:
+        """Like `match_text`, with where each phrase stands in `text` (every occurrence), so that
+        the words around it can be read (`fhir_mapping.assertion`)."""
+        folded = text.lower()
+        if len(folded) != len(text):  # a case fold that changes length would shift the spans
+            folded = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+        pattern, by_phrase, _ = self._matcher(kind)
+        found: list[tuple[Finding, int, int]] = []
+        for match in pattern.finditer(folded):
+            for finding in by_phrase[match.group(1)]:
+                if not any(x.search(folded) for x in self.exclusions.get(finding, ())):
+                    found.append((finding, match.start(1), match.end(1)))
+        return found
+
     def codes_for(self, finding: Finding, system: str) -> list[str]:
         """Every active exact code of a system for a finding (used to build prefetch queries)."""
         return sorted(code for (sys, code), findings in self.codes.items() if sys == system and finding in findings)

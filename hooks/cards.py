@@ -194,6 +194,8 @@ def subtype_summary(assessment: Assessment) -> str:
     top, fallback = _headline(assessment)
     if top is None:
         return shorten(fallback)
+    if assessment.no_cause_recorded:
+        return shorten("Calcinosis cutis with normal calcium and phosphate: no underlying cause is on record")
     name = SUBTYPE_LABELS[top.subtype]
     why = _why(top, assessment)
     if top.subtype is Subtype.CALCIPHYLAXIS:
@@ -486,6 +488,24 @@ def differentials_card(assessment: Assessment, kb: KnowledgeBase, hook_instance:
                 for d in assessment.differentials
             ]
         },
+    )
+
+
+def unreadable_card(kb: KnowledgeBase, hook_instance: uuid.UUID) -> Card:
+    """The answer when an entry naming calcinosis or calciphylaxis could not be read (malformed or
+    failing FHIR validation): saying so, rather than falling silent as if nothing were documented.
+    No resource ids or validation details reach the clinician; they are in the service's log."""
+    return Card(
+        uuid=card_uuid(hook_instance, "subtype"),
+        summary="Calcinosis may be documented, but its problem-list entry could not be read",
+        detail=(
+            "A problem-list entry naming calcinosis cutis or calciphylaxis could not be read by the "
+            "decision support service, so no subtype, workup or differential suggestions were made. "
+            "Check the entry in the record; suggestions follow once it can be read."
+        ),
+        indicator="info",
+        source=_source("subtype", "Calcinosis subtype"),
+        override_reasons=_overrides(),
     )
 
 

@@ -17,7 +17,7 @@ from calcinosis.knowledge_base import KnowledgeBase, default_knowledge
 from fhir_mapping.pipeline import assess_resources, documents_calcinosis, warm_up_validation
 from fhir_mapping.terminology import Terminology, load_terminology
 from hooks.card_ids import CardIds
-from hooks.cards import render_cards, warm_up_orders
+from hooks.cards import render_cards, unreadable_card, warm_up_orders
 from hooks.models import HookRequest, HookResponse, PatientViewContext, ServiceDescription
 from hooks.outbound import OutboundPolicy
 from hooks.prefetch import PrefetchResolver, ResolvedData, lab_window, prefetch_keys
@@ -147,6 +147,9 @@ class CalcinosisService:
     ) -> HookResponse:
         """Cards for resources already in hand (also used by `evaluate` on a Bundle)."""
         result = assess_resources(resources, as_of or datetime.now(UTC), patient_id, self.terminology, self.knowledge)
-        cards = render_cards(result.assessment, self.knowledge, hook_instance, patient_id)
+        if result.assessment is None and result.unreadable_documentation:
+            cards = [unreadable_card(self.knowledge, hook_instance)]
+        else:
+            cards = render_cards(result.assessment, self.knowledge, hook_instance, patient_id)
         self.card_ids.sign_cards(cards)
         return HookResponse(cards=cards)

@@ -79,12 +79,22 @@ def test_primary_hyperoxaluria_code_raises_oxalosis() -> None:
     assert differentials(chart.assess())["primary-hyperoxaluria"] == "raised"
 
 
-def test_oxalosis_is_raised_as_a_calciphylaxis_mimic() -> None:
+def test_oxalosis_is_raised_by_its_own_signals_not_by_every_calciphylaxis_chart() -> None:
     chart = Chart()
     chart.condition("237900002", SNOMED, "Calciphylaxis")
+    chart.dialysis(since_days=400)
     result = differentials(chart.assess())
-    assert result["primary-hyperoxaluria"] == "raised"
+    assert result["primary-hyperoxaluria"] == "consider"
     assert "calciphylaxis-mimics" in result
+    stones = Chart()
+    stones.condition("237900002", SNOMED, "Calciphylaxis")
+    stones.dialysis(since_days=400)
+    stones.condition(None, text="Recurrent nephrolithiasis since childhood")
+    assert differentials(stones.assess())["primary-hyperoxaluria"] == "raised"
+    coded = Chart()
+    coded.condition("237900002", SNOMED, "Calciphylaxis")
+    coded.condition("E72.530", ICD10, "Primary hyperoxaluria, type 1")
+    assert differentials(coded.assess())["primary-hyperoxaluria"] == "raised"
 
 
 def test_osteoma_cutis_by_text_and_aho() -> None:

@@ -31,9 +31,12 @@ WINDOW_UNITS = {"d": r"days?", "a": r"years?", "h": r"(?:h|hours?)"}
 def moved_value(threshold_id: str, kb: KnowledgeBase) -> float:
     """A new value no current threshold has, of the same kind (whole days stay whole)."""
     threshold = kb.threshold(threshold_id)
-    if threshold.unit in ("d", "a", "h", "factors"):
-        return threshold.value + 17
-    return round(threshold.value * 1.37 + 0.013, 3)
+    olds = {format_number(t.value) for t in kb.thresholds.values()}
+    whole = threshold.unit in ("d", "a", "h", "factors")
+    candidate = threshold.value + 17 if whole else round(threshold.value * 1.37 + 0.013, 3)
+    while format_number(candidate) in olds:  # never land on another threshold's current value
+        candidate = candidate + 1 if whole else round(candidate * 1.01 + 0.001, 3)
+    return candidate
 
 
 def moved_knowledge() -> KnowledgeBase:

@@ -362,7 +362,7 @@ def test_eeg_before_onset_makes_iatrogenic_possible() -> None:
 # ----- calciphylaxis ----------------------------------------------------------------------------
 
 
-def test_uremic_risk_pattern_makes_calciphylaxis_possible_and_never_suggests_biopsy() -> None:
+def test_uremic_risk_pattern_without_lesions_is_elevated_risk_not_possible_calciphylaxis() -> None:
     chart = Chart()
     chart.calcinosis()
     chart.condition("N18.6", ICD10, "End stage renal disease")
@@ -370,13 +370,14 @@ def test_uremic_risk_pattern_makes_calciphylaxis_possible_and_never_suggests_bio
     chart.medication("Warfarin Sodium 5 MG Oral Tablet", 400, rxnorm="855332")  # > 3 months: major
     chart.mineral_panel(9.5, 3.9, 5.2, egfr=6)
     assessment = chart.assess()
-    assert likelihoods(assessment)["calciphylaxis"] == "possible"
-    assert assessment is not None
-    assert assessment.calciphylaxis_risk.pattern == "met"
+    assert likelihoods(assessment)["calciphylaxis"] == "unlikely"
+    assert assessment is not None and assessment.calciphylaxis is not None
+    assert assessment.calciphylaxis.status.value == "elevated-risk"
+    assert assessment.calciphylaxis.skin_exam_needed and not assessment.calciphylaxis.lesions
+    assert assessment.calciphylaxis_risk.pattern == "met" and assessment.calciphylaxis_risk.applicable
     assert {f.factor_id for f in assessment.calciphylaxis_risk.major} == {"dialysis-over-5y", "warfarin-long-term"}
     assert "skin-biopsy" not in {g.item_id for g in assessment.workup}
-    assert "skin-biopsy" in {s.item_id for s in assessment.suppressed_workup}
-    assert "bone-scintigraphy" in {g.item_id for g in assessment.workup}
+    assert "bone-scintigraphy" not in {g.item_id for g in assessment.workup}
 
 
 @pytest.mark.parametrize(("dialysis_years", "pattern"), [(4.5, "not-met"), (5.5, "met")])

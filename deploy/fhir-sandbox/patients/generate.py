@@ -800,9 +800,7 @@ def calciphylaxis_coded() -> Scenario:
     return (
         c,
         description,
-        expected(
-            "unlikely", "likely", "unlikely", "unlikely", "likely", ["calciphylaxis-mimics", "primary-hyperoxaluria"]
-        ),
+        expected("unlikely", "likely", "unlikely", "unlikely", "likely", ["calciphylaxis-mimics"]),
     )
 
 
@@ -837,13 +835,11 @@ def calciphylaxis_risk() -> Scenario:
         authored_days_ago=years(5),
         dosage="800 mg by mouth three times daily with meals",
     )
-    description = "Calcinosis cutis, no calciphylaxis code: hemodialysis 6 years and warfarin 2 years (two major risk factors), no skin lesion coded"
+    description = "Calcinosis cutis, no calciphylaxis code: hemodialysis 6 years and warfarin 2 years (two major risk factors), no skin lesion coded: elevated calciphylaxis risk, not suspected calciphylaxis"
     return (
         c,
         description,
-        expected(
-            "unlikely", "likely", "unlikely", "unlikely", "possible", ["calciphylaxis-mimics", "primary-hyperoxaluria"]
-        ),
+        expected("unlikely", "likely", "unlikely", "unlikely", "unlikely", []),
     )
 
 
