@@ -215,6 +215,26 @@ def _mimics(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]:
     return [], []
 
 
+def _infection_mimic(ctx: PatientContext, iatrogenic: SubtypeAssessment) -> tuple[list[RuleFinding], list[RuleFinding]]:
+    """Calcium extravasation in an infant is mistaken for cellulitis, abscess, osteomyelitis or a
+    calcified hematoma (section 8; JACEP 1977): raised when IV calcium before onset is on record
+    in a child younger than the infant age of the knowledge base."""
+    exposures = [f for f in iatrogenic.findings if f.rule_id == "CC-IAT-CA" and f.supports]
+    onset = ctx.onset()
+    age = ctx.findings.age_years_at(onset) if onset is not None else None
+    if not exposures or age is None or age >= ctx.kb.value("infant-age-years"):
+        return [], []
+    return [
+        RuleFinding(
+            "DX-INFECTION-EXTRAVASATION",
+            f"IV calcium in an infant (under {ctx.kb.quantity('infant-age-years')}) before the lesion: "
+            "extravasation calcinosis is often mistaken for infection",
+            tuple(e for f in exposures for e in f.evidence),
+            ("Ca-gluconate",),
+        )
+    ], []
+
+
 def assess_differentials(
     ctx: PatientContext, subtypes: dict[Subtype, SubtypeAssessment]
 ) -> tuple[DifferentialAssessment, ...]:
@@ -230,6 +250,9 @@ def assess_differentials(
     hftc = _hftc(ctx)
     if hftc[0]:
         computed["hyperphosphatemic-tumoral-calcinosis"] = hftc
+    infection = _infection_mimic(ctx, subtypes[Subtype.IATROGENIC])
+    if infection[0]:
+        computed["infection-mimic"] = infection
     if calciphylaxis.likelihood in (Likelihood.LIKELY, Likelihood.POSSIBLE):
         computed["calciphylaxis-mimics"] = _mimics(ctx)
     results: list[DifferentialAssessment] = []

@@ -18,6 +18,7 @@ from calcinosis.subtypes import (
     assess_iatrogenic,
     assess_idiopathic,
     assess_metastatic,
+    idiopathic_entities,
 )
 from calcinosis.workup import workup_gaps
 
@@ -107,5 +108,6 @@ def assess(findings: PatientFindings, knowledge: KnowledgeBase | None = None) ->
         calciphylaxis=signal,
         causes=supported_causes(ctx),
         no_cause_recorded=_no_cause_recorded(subtypes),
+        idiopathic_entities=idiopathic_entities(ctx) if idiopathic.likelihood is Likelihood.POSSIBLE else (),
         suspected_only=all(c.suspected for c in findings.conditions if c.concept in ENTRY_CONCEPTS and c.active),
     )

@@ -144,7 +144,10 @@ class KnowledgeBase:
     def quantity(self, threshold_id: str) -> str:
         """Value and unit as card prose writes them ("70 mg²/dL²", "90 days")."""
         threshold = self.thresholds[threshold_id]
-        return f"{format_number(threshold.value)} {display_unit(threshold.unit)}"
+        unit = display_unit(threshold.unit)
+        if threshold.value == 1 and unit in ("years", "days", "hours"):
+            unit = unit[:-1]  # "1 year", not "1 years"
+        return f"{format_number(threshold.value)} {unit}"
 
     def days(self, threshold_id: str) -> int:
         """A look-back window or duration in whole days (thresholds with unit `d`)."""

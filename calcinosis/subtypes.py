@@ -16,6 +16,7 @@ from calcinosis.assessment import (
     CalciphylaxisStatus,
     Comparison,
     Evidence,
+    IdiopathicEntity,
     Likelihood,
     RiskFactor,
     RuleFinding,
@@ -26,6 +27,7 @@ from calcinosis.causes import supported_causes
 from calcinosis.context import (
     HIGH,
     LOW,
+    NORMAL,
     PatientContext,
     cite_medications,
     condition_evidence,
@@ -34,7 +36,7 @@ from calcinosis.context import (
     procedure_evidence,
 )
 from calcinosis.derived import is_below
-from calcinosis.distribution import compare_sites
+from calcinosis.distribution import body_regions, compare_sites
 from calcinosis.findings import Analyte, ClinicalConcept, ConditionFinding, DrugClass, ProcedureKind, Sex
 
 ACTD = (
@@ -476,6 +478,44 @@ def assess_iatrogenic(ctx: PatientContext) -> SubtypeAssessment:
     )
 
 
+def idiopathic_entities(ctx: PatientContext) -> tuple[IdiopathicEntity, ...]:
+    """Recognised idiopathic entities whose picture fits (clinical-knowledge.md 5.3), from the
+    calcinosis sites and words, sex and age: idiopathic scrotal (or vulvar) calcinosis, the
+    subepidermal calcified nodule, and normophosphatemic tumoral calcinosis. hFTC, with its high
+    phosphate, is a differential instead (section 8)."""
+    texts, _ = _lesion_sites(ctx)
+    entries = ctx.conditions(ClinicalConcept.CALCINOSIS_CUTIS, ClinicalConcept.CALCINOSIS_CIRCUMSCRIPTA)
+    words = " ".join(texts + tuple(c.text or c.source.display or "" for c in entries)).lower()
+    regions = set().union(*(body_regions(t) for t in texts)) if texts else set()
+    sex = ctx.findings.sex
+    onset = ctx.onset() or ctx.as_of
+    age = ctx.age_at(onset)
+    evidence = tuple(condition_evidence(c) for c in entries[:2])
+    sources = ("StatPearls", "DermNet")
+    found: list[IdiopathicEntity] = []
+
+    def add(entity_id: str, label: str, why: str) -> None:
+        found.append(
+            IdiopathicEntity(entity_id, label, RuleFinding("CC-IDIO-ENTITY", f"{label}: {why}", evidence, sources))
+        )
+
+    if "scrot" in words and sex is not Sex.FEMALE:
+        add("idiopathic-scrotal-calcinosis", "Idiopathic scrotal calcinosis", "scrotal nodules with normal labs")
+    if "vulv" in words and sex is not Sex.MALE:
+        add("idiopathic-vulvar-calcinosis", "Idiopathic vulvar calcinosis", "vulvar nodules with normal labs")
+    child = age is not None and age < ctx.kb.value("adult-age-years")
+    if "subepidermal calcified nodule" in words or (child and regions == {"head and neck"}):
+        add(
+            "subepidermal-calcified-nodule",
+            "Subepidermal calcified nodule",
+            "a solitary nodule of the head or neck in a child" if child else "recorded as such",
+        )
+    periarticular = any(w in words for w in ("periarticular", "tumoral", "hip", "shoulder", "elbow"))
+    if periarticular and ctx.phosphate is not None and ctx.phosphate.status == NORMAL:
+        add("tumoral-calcinosis", "Tumoral calcinosis (normal phosphate)", "periarticular masses with normal phosphate")
+    return tuple(found)
+
+
 def assess_idiopathic(
     ctx: PatientContext, dystrophic: SubtypeAssessment, metastatic: SubtypeAssessment, iatrogenic: SubtypeAssessment
 ) -> SubtypeAssessment:
@@ -542,7 +582,8 @@ def assess_idiopathic(
     still: list[str] = []
     if iatrogenic.likelihood is Likelihood.UNDETERMINED:
         still.append("medication and procedure history")
-    return SubtypeAssessment(Subtype.IDIOPATHIC, Likelihood.POSSIBLE, (exclusion,), tuple(still))
+    entities = tuple(entity.finding for entity in idiopathic_entities(ctx))
+    return SubtypeAssessment(Subtype.IDIOPATHIC, Likelihood.POSSIBLE, (exclusion, *entities), tuple(still))
 
 
 NON_UREMIC_CONCEPTS = (
