@@ -731,7 +731,14 @@ def iatrogenic_infant() -> Scenario:
     return (
         c,
         description,
-        expected("unlikely", "unlikely", "unlikely", "likely", "unlikely", ["progressive-osseous-heteroplasia"]),
+        expected(
+            "unlikely",
+            "unlikely",
+            "unlikely",
+            "likely",
+            "unlikely",
+            ["infection-mimic", "progressive-osseous-heteroplasia"],
+        ),
     )
 
 
@@ -1119,6 +1126,235 @@ def poh_infant() -> Scenario:
     )
 
 
+# ----- issue 12 scenarios ---------------------------------------------------------------------------
+
+
+def calciphylaxis_necrotic_uncoded() -> Scenario:
+    c = Chart("cc-calciphylaxis-uncoded", zone="-06:00")
+    c.patient(gender="female", born_days_ago=years(64.2), label="Calciphylaxis uncoded")
+    c.condition(
+        "calcinosis",
+        concept("Calcinosis cutis, indurated plaques of left thigh", CALCINOSIS_L94_2),
+        onset_days_ago=30,
+        body_sites=["Left thigh"],
+    )
+    c.condition(
+        "ulcer",
+        concept("Necrotic ulcer with black eschar, left medial thigh, exquisitely painful"),
+        onset_days_ago=9,
+        body_sites=["Left thigh"],
+    )
+    c.condition("esrd", concept("End stage renal disease", vs(ICD10, "N18.6")), onset_days_ago=years(7.8))
+    c.hemodialysis(years(7.1))
+    c.mineral_panel(4, calcium=9.4, albumin=3.1, phosphate=6.4)
+    c.pth(1240, 4)
+    c.creatinine(7.2, 4, low=0.5, high=1.1)
+    c.medication(
+        "warfarin",
+        concept("Warfarin Sodium 5 MG Oral Tablet", vs(RXNORM, "855332")),
+        authored_days_ago=years(2.1),
+        dosage="5 mg by mouth once daily, adjusted to INR",
+    )
+    c.medication(
+        "ca-acetate",
+        concept("Calcium acetate 667 MG Oral Capsule"),
+        authored_days_ago=years(1.5),
+        dosage="1334 mg by mouth three times daily with meals",
+    )
+    description = (
+        "Hemodialysis 7 years, warfarin, calcium acetate, PTH 1240 pg/mL, and a necrotic ulcer with eschar "
+        "on the thigh recorded as text only: suspected calciphylaxis without a calciphylaxis code"
+    )
+    return c, description, expected("unlikely", "likely", "unlikely", "unlikely", "likely", ["calciphylaxis-mimics"])
+
+
+def milk_alkali() -> Scenario:
+    c = Chart("cc-milk-alkali", zone="-05:00")
+    c.patient(gender="female", born_days_ago=years(58.6), label="Milk-alkali")
+    c.condition(
+        "calcinosis",
+        concept("Calcinosis cutis of fingertips", CALCINOSIS_L94_2),
+        onset_days_ago=20,
+        body_sites=["Right index finger", "Left middle finger"],
+    )
+    c.condition(
+        "gerd",
+        concept(
+            "Gastro-esophageal reflux disease",
+            other(ICD10, "K21.9", "Gastro-esophageal reflux disease without esophagitis"),
+        ),
+        onset_days_ago=years(6),
+    )
+    c.condition(
+        "aki", concept("Acute kidney injury", vs(ICD10, "N17.9", "Acute kidney failure, unspecified")), onset_days_ago=8
+    )
+    c.mineral_panel(6, calcium=12.6, albumin=4.1, phosphate=4.9)
+    c.lab("ca", vs(LOINC, "17861-6"), 12.3, "mg/dL", 30, low=8.6, high=10.3, text="Calcium")
+    c.lab("co2", vs(LOINC, "2028-9"), 33, "mmol/L", 6, low=22, high=29, text="CO2, total")
+    c.creatinine(2.1, 6, low=0.5, high=1.1)
+    c.lab("pth", vs(LOINC, "2731-8"), 9, "pg/mL", 6, low=15, high=65, text="PTH, intact")
+    c.lab("vitd", vs(LOINC, "62292-8"), 36, "ng/mL", 6, low=30, high=100, text="25-OH vitamin D")
+    c.medication(
+        "ca-carbonate",
+        concept("Calcium Carbonate 1250 MG Chewable Tablet", vs(RXNORM, "1897")),
+        authored_days_ago=years(1.2),
+        dosage="2 tablets by mouth four times daily as needed for heartburn",
+    )
+    c.medication(
+        "omeprazole",
+        concept("Omeprazole 20 MG Delayed Release Oral Capsule"),
+        authored_days_ago=years(3),
+        dosage="20 mg by mouth once daily",
+    )
+    description = (
+        "Calcium carbonate antacid for reflux with calcium 12.6 mg/dL on two draws, bicarbonate 33 mmol/L, "
+        "PTH 9 pg/mL and a coded acute kidney injury: milk-alkali syndrome, not CKD"
+    )
+    return c, description, expected("unlikely", "likely", "unlikely", "unlikely", "unlikely", [])
+
+
+def tumoral_adolescent() -> Scenario:
+    c = Chart("cc-tumoral-adolescent", zone="-05:00")
+    c.patient(gender="male", born_days_ago=years(17.2), label="Tumoral calcinosis adolescent")
+    c.condition(
+        "calcinosis",
+        concept("Periarticular tumoral calcinosis, right hip", CALCINOSIS_L94_2),
+        onset_days_ago=70,
+        body_sites=["Right hip"],
+    )
+    c.mineral_panel(
+        12,
+        calcium=9.6,
+        albumin=4.4,
+        phosphate=7.1,
+        calcium_range=(8.8, 10.6),
+        albumin_range=(3.6, 5.1),
+        phosphate_range=(2.7, 4.5),
+    )
+    c.creatinine(0.8, 12, low=0.5, high=1.0)
+    c.pth(31, 12)
+    c.lab("height", vs(LOINC, "8302-2"), 172, "cm", 40, text="Body height", category="vital-signs")
+    c.medication(
+        "ibuprofen",
+        concept("Ibuprofen 400 MG Oral Tablet"),
+        authored_days_ago=60,
+        dosage="400 mg by mouth every 8 hours as needed",
+    )
+    c.procedure("xray", concept("X-ray of right hip", vs(SNOMED, "363680008")), 65, body_site="Right hip")
+    description = (
+        "17-year-old with periarticular hip masses: phosphate 7.1 mg/dL, normal calcium and creatinine, no eGFR "
+        "reported (bedside Schwartz from the measured height): hyperphosphatemic familial tumoral calcinosis"
+    )
+    return (
+        c,
+        description,
+        expected("unlikely", "possible", "unlikely", "unlikely", "unlikely", ["hyperphosphatemic-tumoral-calcinosis"]),
+    )
+
+
+def infant_extravasation() -> Scenario:
+    c = Chart("cc-infant-extravasation", zone="-06:00")
+    c.patient(gender="male", born_days_ago=38, label="Infant extravasation")
+    c.condition(
+        "calcinosis",
+        concept("Calcinosis cutis, firm red swelling of right foot dorsum", CALCINOSIS_L94_2),
+        onset_days_ago=6,
+        body_sites=["Right foot"],
+    )
+    c.condition(
+        "hypocalcemia",
+        concept("Neonatal hypocalcemia", other(ICD10, "P71.1", "Other neonatal hypocalcemia")),
+        onset_days_ago=27,
+        clinical="resolved",
+        abated_days_ago=22,
+    )
+    c.mineral_panel(
+        5,
+        calcium=9.9,
+        albumin=3.6,
+        phosphate=6.6,
+        calcium_range=(8.8, 11.0),
+        albumin_range=(2.8, 4.4),
+        phosphate_range=(4.8, 8.2),
+    )
+    c.creatinine(0.3, 5, low=0.2, high=0.5)
+    c.administration(
+        "ca-gluconate",
+        concept("Calcium Gluconate 100 MG/ML Injectable Solution"),
+        days_ago=26,
+        start="03:10:00",
+        end="03:40:00",
+        route="Intravenous",
+        dose=(200, "mg"),
+        site="Right foot, dorsal vein (peripheral IV)",
+    )
+    description = (
+        "5-week-old after IV calcium gluconate into a right-foot vein; a red, firm swelling there 3 weeks later: "
+        "extravasation calcinosis, which is mistaken for cellulitis or osteomyelitis"
+    )
+    return (
+        c,
+        description,
+        expected(
+            "unlikely",
+            "unlikely",
+            "unlikely",
+            "likely",
+            "unlikely",
+            ["infection-mimic", "progressive-osseous-heteroplasia"],
+        ),
+    )
+
+
+def nonuremic_calciphylaxis() -> Scenario:
+    c = Chart("cc-nonuremic-calciphylaxis", zone="-07:00")
+    c.patient(gender="female", born_days_ago=years(61.3), label="Non-uremic calciphylaxis")
+    c.condition(
+        "calcinosis",
+        concept("Calcinosis cutis of both thighs", CALCINOSIS_L94_2),
+        onset_days_ago=25,
+        body_sites=["Left thigh", "Right thigh"],
+    )
+    c.condition(
+        "purpura",
+        concept("Painful retiform purpura with necrotic ulcers, both thighs"),
+        onset_days_ago=14,
+        body_sites=["Left thigh", "Right thigh"],
+    )
+    c.condition(
+        "sle",
+        concept("Systemic lupus erythematosus", vs(ICD10, "M32.9", "Systemic lupus erythematosus, unspecified")),
+        onset_days_ago=years(12),
+    )
+    c.condition("ald", concept("Alcoholic liver disease"), onset_days_ago=years(4))
+    c.condition(
+        "af",
+        concept("Atrial fibrillation", other(ICD10, "I48.91", "Unspecified atrial fibrillation")),
+        onset_days_ago=years(3),
+    )
+    c.mineral_panel(7, calcium=9.2, albumin=2.9, phosphate=3.7)
+    c.egfr(92, 7)
+    c.creatinine(0.7, 7, low=0.5, high=1.1)
+    c.pth(48, 7)
+    c.medication(
+        "warfarin",
+        concept("Warfarin Sodium 5 MG Oral Tablet", vs(RXNORM, "855332")),
+        authored_days_ago=years(2.5),
+        dosage="5 mg by mouth once daily, adjusted to INR",
+    )
+    c.medication(
+        "prednisone",
+        concept("Prednisone 10 MG Oral Tablet", vs(RXNORM, "8640")),
+        authored_days_ago=years(1.5),
+        dosage="10 mg by mouth once daily",
+    )
+    description = (
+        "Normal kidney function (eGFR 92): lupus, alcoholic liver disease, warfarin, prednisone and albumin 2.9 g/dL "
+        "with painful retiform purpura and necrotic ulcers on both thighs: suspected non-uremic calciphylaxis"
+    )
+    return c, description, expected("likely", "unlikely", "unlikely", "unlikely", "possible", ["calciphylaxis-mimics"])
+
+
 # ----- Synthea-based scenarios -----------------------------------------------------------------
 
 DROP_TYPES = {"Claim", "ExplanationOfBenefit"}
@@ -1229,6 +1465,11 @@ SCENARIOS = {
     "primary-hyperoxaluria": primary_hyperoxaluria,
     "osteoma-cutis-php": osteoma_php,
     "poh-infant": poh_infant,
+    "calciphylaxis-necrotic-uncoded": calciphylaxis_necrotic_uncoded,
+    "milk-alkali": milk_alkali,
+    "tumoral-calcinosis-adolescent": tumoral_adolescent,
+    "infant-extravasation": infant_extravasation,
+    "nonuremic-calciphylaxis": nonuremic_calciphylaxis,
 }
 
 
