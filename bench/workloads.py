@@ -26,13 +26,14 @@ from __future__ import annotations
 import copy
 import random
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from tests.fhir_chart import FhirChart, search_keys
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHEA = REPO.parent / "shared" / "data" / "synthea"
@@ -50,15 +51,10 @@ INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpreta
 #: The hookInstance written into every request body; runners swap in a fresh UUID per request.
 HOOK_INSTANCE_PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
 
-#: Prefetch key -> resource type (hooks.prefetch.prefetch_keys; "patient" is the Patient itself).
-PREFETCH_TYPES = {
-    "conditions": "Condition",
-    "observations": "Observation",
-    "medicationRequests": "MedicationRequest",
-    "medicationStatements": "MedicationStatement",
-    "medicationAdministrations": "MedicationAdministration",
-    "procedures": "Procedure",
-}
+#: Prefetch key -> resource type: the service's own templates, through the test tooling's one chart
+#: builder (`tests.fhir_chart`), so this table is never repeated here.
+PREFETCH_TYPES = search_keys()
+EHR_BASE = "https://ehr.example.org/fhir"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,47 +229,22 @@ class Templates:
         self.background_procedures = sorted(procedures.items())
 
 
-@dataclass
-class Chart:
-    """A generated patient: every resource (including Encounters, for loading a FHIR server)."""
+class Chart(FhirChart):
+    """A generated patient: every resource (including Encounters, for loading a FHIR server).
 
-    name: str
-    patient_id: str
-    resources: list[dict[str, Any]]
+    The Bundles, prefetch and request come from the test tooling's one chart builder
+    (`tests.fhir_chart.FhirChart`); the resources themselves are written by `_Builder` in the
+    Synthea shapes (meta, extensions, encounters), deliberately heavier than the scenario charts,
+    because the benchmark measures the service on what EHRs send."""
 
-    def of_type(self, resource_type: str) -> list[dict[str, Any]]:
-        return [r for r in self.resources if r["resourceType"] == resource_type]
+    def __init__(self, name: str, patient_id: str, resources: list[dict[str, Any]]) -> None:
+        super().__init__(patient_id)
+        self.name = name
+        self.resources = resources
 
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(r["resourceType"] for r in self.resources))
-
-    def prefetch(self) -> dict[str, Any]:
+    def prefetch(self, ehr_base: str | None = EHR_BASE, name: str | None = None) -> dict[str, Any]:
         """EHR-style prefetch: the Patient, and one searchset Bundle per template key."""
-        prefetch: dict[str, Any] = {"patient": self.of_type("Patient")[0]}
-        for key, resource_type in PREFETCH_TYPES.items():
-            matches = self.of_type(resource_type)
-            prefetch[key] = {
-                "resourceType": "Bundle",
-                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.name}/{key}")),
-                "meta": {"lastUpdated": "2026-01-01T00:00:00+00:00"},
-                "type": "searchset",
-                "total": len(matches),
-                "link": [
-                    {
-                        "relation": "self",
-                        "url": f"https://ehr.example.org/fhir/{resource_type}?patient={self.patient_id}",
-                    }
-                ],
-                "entry": [
-                    {
-                        "fullUrl": f"https://ehr.example.org/fhir/{resource_type}/{r['id']}",
-                        "resource": r,
-                        "search": {"mode": "match"},
-                    }
-                    for r in matches
-                ],
-            }
-        return prefetch
+        return super().prefetch(ehr_base, name or self.name)
 
     def request(self, *, prefetch: bool = True, fhir_server: str | None = None) -> dict[str, Any]:
         """A patient-view request (hookInstance = HOOK_INSTANCE_PLACEHOLDER)."""
@@ -306,21 +277,6 @@ class Chart:
 
     def order_sign_bytes(self) -> bytes:
         return orjson.dumps(self.order_sign_request())
-
-    def transaction(self) -> dict[str, Any]:
-        """A FHIR transaction Bundle of `PUT Type/id` entries (keeps the ids)."""
-        return {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [
-                {
-                    "fullUrl": f"{r['resourceType']}/{r['id']}",
-                    "resource": r,
-                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-                }
-                for r in self.resources
-            ],
-        }
 
 
 class _Builder:

@@ -15,13 +15,9 @@ from typing import Any
 from calcinosis.assessment import Assessment
 from fhir_mapping import assess_resources, bundle_resources
 from fhir_mapping.pipeline import AssessmentResult
+from tests.fhir_chart import ICD10, LOINC, RXNORM, SNOMED, UCUM, FhirChart, codeable, coding, quantity
 
 AS_OF = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-UCUM = "http://unitsofmeasure.org"
 SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea"
 
 _ids = itertools.count(1)
@@ -32,25 +28,16 @@ def when(days_ago: float) -> str:
     return (AS_OF - timedelta(days=days_ago)).isoformat()
 
 
-class Chart:
-    """A patient's record under construction."""
+class Chart(FhirChart):
+    """A patient's record under construction, dated in days before `AS_OF` (the FHIR shapes are
+    those of `tests.fhir_chart`, shared with the sandbox patients and the benchmark)."""
 
     def __init__(self, patient_id: str = "pat-1", gender: str = "female", birth_date: str = "1962-04-12") -> None:
-        self.patient_id = patient_id
-        self.resources: list[dict[str, Any]] = [
-            {"resourceType": "Patient", "id": patient_id, "gender": gender, "birthDate": birth_date}
-        ]
+        super().__init__(patient_id)
+        self.add_patient(gender, birth_date)
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}-{next(_ids)}"
-
-    @property
-    def subject(self) -> dict[str, str]:
-        return {"reference": f"Patient/{self.patient_id}"}
-
-    def add(self, resource: dict[str, Any]) -> dict[str, Any]:
-        self.resources.append(resource)
-        return resource
 
     def lab(
         self,
@@ -69,61 +56,30 @@ class Chart:
         date_field: str = "effectiveDateTime",
     ) -> dict[str, Any]:
         """An Observation with a LOINC code and a valueQuantity."""
-        resource: dict[str, Any] = {
-            "resourceType": "Observation",
-            "id": self._id("obs"),
-            "status": status,
-            "category": [
-                {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}
-                    ]
-                }
-            ],
-            "code": {"coding": [{"system": LOINC, "code": code, "display": display or code}]},
-            "subject": self.subject,
-        }
-        if date_field == "effectiveDateTime":
-            resource["effectiveDateTime"] = when(days_ago)
-        elif date_field == "effectivePeriod":
-            resource["effectivePeriod"] = {"start": when(days_ago + 1), "end": when(days_ago)}
-        elif date_field == "issued":
-            resource["issued"] = when(days_ago)
+        value_quantity: dict[str, Any] | None = None
         if value is not None:
-            quantity: dict[str, Any] = {"value": value}
+            value_quantity = {"value": value}
             if unit is not None:
-                quantity["unit"] = unit
-                if ucum_code:
-                    quantity["system"] = UCUM
-                    quantity["code"] = unit
+                value_quantity = quantity(value, unit, ucum=ucum_code)
             if comparator:
-                quantity["comparator"] = comparator
-            resource["valueQuantity"] = quantity
-        else:
-            resource["dataAbsentReason"] = {
-                "coding": [
-                    {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed"}
-                ]
-            }
-        if low is not None or high is not None:
-            reference: dict[str, Any] = {}
-            if low is not None:
-                reference["low"] = {"value": low, "unit": unit, "system": UCUM, "code": unit}
-            if high is not None:
-                reference["high"] = {"value": high, "unit": unit, "system": UCUM, "code": unit}
-            resource["referenceRange"] = [reference]
-        if interpretation:
-            resource["interpretation"] = [
-                {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-                            "code": interpretation,
-                        }
-                    ]
-                }
-            ]
-        return self.add(resource)
+                value_quantity["comparator"] = comparator
+
+        def limit(bound: float | None) -> dict[str, Any] | None:
+            return None if bound is None else {"value": bound, "unit": unit, "system": UCUM, "code": unit}
+
+        return self.add_observation(
+            self._id("obs"),
+            codeable(None, coding(LOINC, code, display or code)),
+            effective=when(days_ago) if date_field == "effectiveDateTime" else None,
+            effective_period=(when(days_ago + 1), when(days_ago)) if date_field == "effectivePeriod" else None,
+            issued=when(days_ago) if date_field == "issued" else None,
+            value=value_quantity,
+            low=limit(low),
+            high=limit(high),
+            interpretation=interpretation,
+            status=status,
+            absent=value is None,
+        )
 
     def mineral_panel(
         self, calcium: float, albumin: float, phosphate: float, days_ago: float = 5, egfr: float | None = 85
@@ -148,32 +104,15 @@ class Chart:
         body_sites: list[str] | None = None,
     ) -> dict[str, Any]:
         """A Condition coded in one system (ICD-10-CM by default)."""
-        concept: dict[str, Any] = {}
-        if code is not None:
-            concept["coding"] = [{"system": system, "code": code, "display": display or code}]
-        if text is not None:
-            concept["text"] = text
-        resource: dict[str, Any] = {
-            "resourceType": "Condition",
-            "id": self._id("cond"),
-            "code": concept,
-            "subject": self.subject,
-        }
-        if clinical is not None:
-            resource["clinicalStatus"] = {
-                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": clinical}]
-            }
-        if verification is not None:
-            resource["verificationStatus"] = {
-                "coding": [
-                    {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}
-                ]
-            }
-        if onset_days_ago is not None:
-            resource["onsetDateTime"] = when(onset_days_ago)
-        if body_sites:
-            resource["bodySite"] = [{"text": site} for site in body_sites]
-        return self.add(resource)
+        codings = (coding(system, code, display or code),) if code is not None else ()
+        return self.add_condition(
+            self._id("cond"),
+            codeable(text, *codings),
+            clinical=clinical,
+            verification=verification,
+            onset=when(onset_days_ago) if onset_days_ago is not None else None,
+            body_sites=body_sites,
+        )
 
     def calcinosis(self, **kwargs: Any) -> dict[str, Any]:
         """Calcinosis cutis on the problem list (ICD-10-CM L94.2)."""
@@ -194,44 +133,24 @@ class Chart:
         end_days_ago: float | None = None,
     ) -> dict[str, Any]:
         """A medication order, statement or administration."""
-        concept: dict[str, Any] = {"text": text}
-        if rxnorm:
-            concept["coding"] = [{"system": RXNORM, "code": rxnorm, "display": text}]
-        resource: dict[str, Any] = {
-            "resourceType": kind,
-            "id": self._id("med"),
-            "status": status,
-            "medicationCodeableConcept": concept,
-        }
+        medication = codeable(text, *((coding(RXNORM, rxnorm, text),) if rxnorm else ()))
         dosage: dict[str, Any] = {}
         if route:
             dosage["route"] = {"text": route}
         if dose_ug is not None:
-            dosage["doseAndRate"] = [{"doseQuantity": {"value": dose_ug, "unit": "ug", "system": UCUM, "code": "ug"}}]
+            dosage["doseAndRate"] = [{"doseQuantity": quantity(dose_ug, "ug")}]
             dosage["timing"] = {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}}
-        if kind == "MedicationRequest":
-            resource.update({"intent": "order", "subject": self.subject, "authoredOn": when(days_ago)})
-            if dosage:
-                resource["dosageInstruction"] = [dosage]
-            if end_days_ago is not None:
-                resource["dispenseRequest"] = {"validityPeriod": {"start": when(days_ago), "end": when(end_days_ago)}}
-        elif kind == "MedicationStatement":
-            resource.update(
-                {
-                    "subject": self.subject,
-                    "effectivePeriod": {
-                        "start": when(days_ago),
-                        **({"end": when(end_days_ago)} if end_days_ago is not None else {}),
-                    },
-                }
-            )
-            if dosage:
-                resource["dosage"] = [dosage]
-        else:
-            resource.update({"subject": self.subject, "effectiveDateTime": when(days_ago)})
-            if dosage:
-                resource["dosage"] = dosage
-        return self.add(resource)
+        end = when(end_days_ago) if end_days_ago is not None else None
+        return self.add_medication(
+            kind,
+            self._id("med"),
+            medication,
+            status=status,
+            when=when(days_ago),
+            period=(when(days_ago), end) if kind == "MedicationStatement" else None,
+            dosage=dosage,
+            validity_end=end,
+        )
 
     def procedure(
         self,
@@ -243,19 +162,8 @@ class Chart:
         status: str = "completed",
     ) -> dict[str, Any]:
         """A performed Procedure."""
-        concept: dict[str, Any] = {"text": text}
-        if code:
-            concept["coding"] = [{"system": system, "code": code, "display": text}]
-        return self.add(
-            {
-                "resourceType": "Procedure",
-                "id": self._id("proc"),
-                "status": status,
-                "code": concept,
-                "subject": self.subject,
-                "performedDateTime": when(days_ago),
-            }
-        )
+        concept = codeable(text, *((coding(system, code, text),) if code else ()))
+        return self.add_procedure(self._id("proc"), concept, when(days_ago), status=status)
 
     def dialysis(self, since_days: float, sessions_every: float = 60) -> None:
         """Hemodialysis sessions from `since_days` ago until a few days ago."""
@@ -264,10 +172,6 @@ class Chart:
             self.procedure("Hemodialysis", day, code="302497006")
             day -= sessions_every
         self.procedure("Hemodialysis", 2, code="302497006")
-
-    def bundle(self, bundle_type: str = "collection") -> dict[str, Any]:
-        """The chart as a FHIR Bundle."""
-        return {"resourceType": "Bundle", "type": bundle_type, "entry": [{"resource": r} for r in self.resources]}
 
     def assess(self) -> Assessment | None:
         """Assessment of this chart through the public pipeline (Bundle in, assessment out)."""

@@ -14,6 +14,7 @@ from hooks.app import create_app
 from hooks.models import HookResponse
 from hooks.settings import Settings
 from tests.charts import Chart
+from tests.fhir_chart import search_keys
 
 FHIR_BASE = "https://fhir.example.org/r4"
 
@@ -45,33 +46,13 @@ def hook_request(
     return body
 
 
-KEY_TYPES = {
-    "conditions": "Condition",
-    "observations": "Observation",
-    "medicationRequests": "MedicationRequest",
-    "medicationStatements": "MedicationStatement",
-    "medicationAdministrations": "MedicationAdministration",
-    "procedures": "Procedure",
-}
-
-
-def searchset(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
-    if next_url:
-        bundle["link"] = [{"relation": "next", "url": next_url}]
-    return bundle
+KEY_TYPES = search_keys()
+"""Prefetch search key -> resource type: the service's own templates (`tests.fhir_chart`)."""
 
 
 def prefetch_of(chart: Chart) -> dict[str, Any]:
     """EHR-style prefetch: the Patient, and one searchset Bundle per template key."""
-    prefetch: dict[str, Any] = {"patient": next(r for r in chart.resources if r["resourceType"] == "Patient")}
-    for key, resource_type in KEY_TYPES.items():
-        prefetch[key] = searchset([r for r in chart.resources if r["resourceType"] == resource_type])
-    return prefetch
+    return chart.prefetch()
 
 
 def make_app(**settings: Any) -> Any:

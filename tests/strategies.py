@@ -21,6 +21,7 @@ from calcinosis.findings import Analyte, ClinicalConcept, DrugClass, ProcedureKi
 from fhir_mapping import default_terminology
 from fhir_mapping.terminology import ICD10CM, LOINC, RXNORM, SNOMED
 from fhir_mapping.units import FACTORS
+from tests.fhir_chart import prefetch_resource_types
 
 Json = Any
 UCUM = "http://unitsofmeasure.org"
@@ -28,15 +29,8 @@ LOOPBACK_FHIR = "http://127.0.0.1:8080/fhir"
 """A FHIR base the service may call with authentication disabled; tests answer it in-process."""
 UNTRUSTED_FHIR = "https://ehr.example.org/fhir"
 """A FHIR base the service must refuse to call with authentication disabled."""
-PREFETCH_KEYS = (
-    "patient",
-    "conditions",
-    "observations",
-    "medicationRequests",
-    "medicationStatements",
-    "medicationAdministrations",
-    "procedures",
-)
+PREFETCH_KEYS = tuple(prefetch_resource_types())
+"""The service's prefetch keys (one table: its own templates, via `tests.fhir_chart`)."""
 MEDICATION_KINDS = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
 
 

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from tests.charts import ICD10, Chart
-from tests.hookclient import FHIR_BASE, get, hook_request, make_app, post, searchset
+from tests.fhir_chart import searchset
+from tests.hookclient import FHIR_BASE, get, hook_request, make_app, post
 
 BASE = "http://testserver"
 ISSUER = "https://ehr.example.org"

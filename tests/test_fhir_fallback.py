@@ -15,7 +15,8 @@ import pytest
 import respx
 
 from tests.charts import ICD10, Chart
-from tests.hookclient import FHIR_BASE, cards_of, hook_request, make_app, post, searchset
+from tests.fhir_chart import searchset
+from tests.hookclient import FHIR_BASE, cards_of, hook_request, make_app, post
 
 SEARCH = {
     "Condition": re.compile(rf"{re.escape(FHIR_BASE)}/Condition\?.*"),

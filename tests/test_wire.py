@@ -38,7 +38,8 @@ from hooks.settings import Settings
 from hooks.wire import decode_hook_request
 from tests import strategies as fs
 from tests.charts import SYNTHEA, Chart
-from tests.hookclient import KEY_TYPES, cards_of, hook_request, make_app, post, searchset
+from tests.fhir_chart import searchset
+from tests.hookclient import KEY_TYPES, cards_of, hook_request, make_app, post
 
 AS_OF = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 PATIENTS = Path(__file__).resolve().parents[1] / "deploy" / "fhir-sandbox" / "patients"

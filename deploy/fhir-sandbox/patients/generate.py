@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.fhir_chart import FhirChart, codeable, quantity  # noqa: E402
 from hooks.sandbox_data import (  # noqa: E402
     ANCHOR,
     ANCHOR_TAG_SYSTEM,
@@ -41,12 +42,7 @@ from hooks.sandbox_data import (  # noqa: E402
 SYNTHEA = REPO.parent / "shared" / "data" / "synthea"
 VALUESETS = REPO / "fhir_mapping" / "valuesets"
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-UCUM = "http://unitsofmeasure.org"
-INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+from tests.fhir_chart import ICD10, LOINC, RXNORM, SNOMED  # noqa: E402
 IDENTIFIER_SYSTEM = "https://calcinosis-cds.example.org/sandbox-patients"
 
 # LOINC long common names for codes whose value-set display is Synthea's short name.
@@ -56,7 +52,6 @@ LOINC_DISPLAY = {
     "18262-6": "Cholesterol in LDL [Mass/volume] in Serum or Plasma by Direct assay",
     "2085-9": "Cholesterol in HDL [Mass/volume] in Serum or Plasma",
 }
-CATEGORY_DISPLAY = {"laboratory": "Laboratory", "vital-signs": "Vital Signs"}
 UNIT_DISPLAY = {"umol/L": "µmol/L", "mL/min/{1.73_m2}": "mL/min/1.73m2"}
 
 
@@ -96,15 +91,7 @@ def other(system: str, code: str, display: str) -> dict[str, str]:
 
 
 def concept(text: str, *codings: dict[str, str]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    if codings:
-        result["coding"] = list(codings)
-    result["text"] = text
-    return result
-
-
-def status(system_suffix: str, code: str) -> dict[str, Any]:
-    return {"coding": [{"system": f"http://terminology.hl7.org/CodeSystem/{system_suffix}", "code": code}]}
+    return codeable(text, *codings)
 
 
 def years(value: float) -> int:
@@ -112,16 +99,16 @@ def years(value: float) -> int:
     return round(value * 365.25)
 
 
-class Chart:
-    """One scenario's resources, with ids `<patient id>-<key>-<n>` and dates relative to ANCHOR."""
+class Chart(FhirChart):
+    """One scenario's resources, with ids `<patient id>-<key>-<n>` and dates relative to ANCHOR
+    (the FHIR shapes are those of `tests.fhir_chart`, shared with the tests and the benchmark)."""
 
     def __init__(self, patient_id: str, *, zone: str = "Z") -> None:
-        self.patient_id = patient_id
+        super().__init__(patient_id)
         self.zone = zone
-        self.resources: list[dict[str, Any]] = []
         self._counters: dict[str, itertools.count[int]] = defaultdict(lambda: itertools.count(1))
 
-    # ----- ids, dates, references -----------------------------------------------------------
+    # ----- ids, dates -------------------------------------------------------------------------
 
     def new_id(self, key: str) -> str:
         return f"{self.patient_id}-{key}-{next(self._counters[key])}"
@@ -133,27 +120,15 @@ class Chart:
     def day(self, days_ago: int) -> str:
         return (ANCHOR - timedelta(days=days_ago)).isoformat()
 
-    @property
-    def subject(self) -> dict[str, str]:
-        return {"reference": f"Patient/{self.patient_id}"}
-
-    def add(self, resource: dict[str, Any]) -> dict[str, Any]:
-        self.resources.append(resource)
-        return resource
-
     # ----- resources ------------------------------------------------------------------------
 
     def patient(self, *, gender: str, born_days_ago: int, label: str) -> None:
-        self.add(
-            {
-                "resourceType": "Patient",
-                "id": self.patient_id,
-                "identifier": [{"system": IDENTIFIER_SYSTEM, "value": self.patient_id}],
-                "active": True,
-                "name": [{"use": "usual", "text": f"Sandbox {label}", "family": "Sandbox", "given": [label]}],
-                "gender": gender,
-                "birthDate": self.day(born_days_ago),
-            }
+        self.add_patient(
+            gender,
+            self.day(born_days_ago),
+            identifier=[{"system": IDENTIFIER_SYSTEM, "value": self.patient_id}],
+            active=True,
+            name=[{"use": "usual", "text": f"Sandbox {label}", "family": "Sandbox", "given": [label]}],
         )
 
     def condition(
@@ -168,24 +143,18 @@ class Chart:
         abated_days_ago: int | None = None,
         note: str | None = None,
     ) -> dict[str, Any]:
-        resource: dict[str, Any] = {
-            "resourceType": "Condition",
-            "id": self.new_id(key),
-            "clinicalStatus": status("condition-clinical", clinical),
-            "verificationStatus": status("condition-ver-status", verification),
-            "category": [status("condition-category", "problem-list-item")],
-            "code": code,
-            "subject": self.subject,
-            "onsetDateTime": self.at(onset_days_ago, "10:00:00"),
-            "recordedDate": self.at(onset_days_ago, "10:15:00"),
-        }
-        if body_sites:
-            resource["bodySite"] = [{"text": site} for site in body_sites]
-        if abated_days_ago is not None:
-            resource["abatementDateTime"] = self.at(abated_days_ago, "10:00:00")
-        if note:
-            resource["note"] = [{"text": note}]
-        return self.add(resource)
+        return self.add_condition(
+            self.new_id(key),
+            code,
+            clinical=clinical,
+            verification=verification,
+            category="problem-list-item",
+            onset=self.at(onset_days_ago, "10:00:00"),
+            recorded=self.at(onset_days_ago, "10:15:00"),
+            body_sites=body_sites,
+            abated=self.at(abated_days_ago, "10:00:00") if abated_days_ago is not None else None,
+            note=note,
+        )
 
     def lab(
         self,
@@ -203,66 +172,35 @@ class Chart:
     ) -> dict[str, Any]:
         """A final Observation (laboratory unless told); the H/L/N flag follows from the
         reference range."""
-        quantity = {"value": value, "unit": UNIT_DISPLAY.get(unit, unit), "system": UCUM, "code": unit}
-        resource: dict[str, Any] = {
-            "resourceType": "Observation",
-            "id": self.new_id(key),
-            "status": "final",
-            "category": [
-                {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                            "code": category,
-                            "display": CATEGORY_DISPLAY[category],
-                        }
-                    ]
-                }
-            ],
-            "code": {"coding": [code], "text": text or code["display"]},
-            "subject": self.subject,
-            "effectiveDateTime": self.at(days_ago, clock),
-            "issued": self.at(days_ago, "11:42:00"),
-            "valueQuantity": quantity,
-        }
+        display = UNIT_DISPLAY.get(unit)
+        flag = None
         if low is not None or high is not None:
-            reference: dict[str, Any] = {}
-            if low is not None:
-                reference["low"] = {**quantity, "value": low}
-            if high is not None:
-                reference["high"] = {**quantity, "value": high}
-            resource["referenceRange"] = [reference]
             flag = "H" if high is not None and value > high else "L" if low is not None and value < low else "N"
-            display = {"H": "High", "L": "Low", "N": "Normal"}[flag]
-            resource["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": flag, "display": display}]}]
-        return self.add(resource)
+        return self.add_observation(
+            self.new_id(key),
+            concept(text or code["display"], code),
+            effective=self.at(days_ago, clock),
+            issued=self.at(days_ago, "11:42:00"),
+            value=quantity(value, unit, display=display),
+            low=quantity(low, unit, display=display) if low is not None else None,
+            high=quantity(high, unit, display=display) if high is not None else None,
+            interpretation=flag,
+            interpretation_display=True,
+            category=category,
+            category_display=True,
+        )
 
     def coded_lab(
         self, key: str, code: dict[str, str], value: dict[str, Any], days_ago: int, text: str
     ) -> dict[str, Any]:
         """A final laboratory Observation with a coded result (e.g. ANA positive)."""
-        return self.add(
-            {
-                "resourceType": "Observation",
-                "id": self.new_id(key),
-                "status": "final",
-                "category": [
-                    {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                "code": "laboratory",
-                                "display": "Laboratory",
-                            }
-                        ]
-                    }
-                ],
-                "code": {"coding": [code], "text": text},
-                "subject": self.subject,
-                "effectiveDateTime": self.at(days_ago, "08:10:00"),
-                "issued": self.at(days_ago, "15:20:00"),
-                "valueCodeableConcept": value,
-            }
+        return self.add_observation(
+            self.new_id(key),
+            concept(text, code),
+            effective=self.at(days_ago, "08:10:00"),
+            issued=self.at(days_ago, "15:20:00"),
+            value_concept=value,
+            category_display=True,
         )
 
     def mineral_panel(
@@ -341,27 +279,17 @@ class Chart:
             instruction["timing"] = {"repeat": {"frequency": frequency, "period": period, "periodUnit": period_unit}}
         if dose is not None:
             value, unit = dose
-            instruction["doseAndRate"] = [
-                {"doseQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
-            ]
-        resource: dict[str, Any] = {
-            "resourceType": "MedicationRequest",
-            "id": self.new_id(key),
-            "status": status_code,
-            "intent": "order",
-            "medicationCodeableConcept": medication,
-            "subject": self.subject,
-            "authoredOn": self.at(authored_days_ago, "11:00:00"),
-            "dosageInstruction": [instruction],
-        }
-        if ended_days_ago is not None:
-            resource["dispenseRequest"] = {
-                "validityPeriod": {
-                    "start": self.at(authored_days_ago, "11:00:00"),
-                    "end": self.at(ended_days_ago, "11:00:00"),
-                }
-            }
-        return self.add(resource)
+            instruction["doseAndRate"] = [{"doseQuantity": quantity(value, unit)}]
+        authored = self.at(authored_days_ago, "11:00:00")
+        return self.add_medication(
+            "MedicationRequest",
+            self.new_id(key),
+            medication,
+            status=status_code,
+            when=authored,
+            dosage=instruction,
+            validity_end=self.at(ended_days_ago, "11:00:00") if ended_days_ago is not None else None,
+        )
 
     def administration(
         self,
@@ -376,38 +304,22 @@ class Chart:
         site: str | None = None,
     ) -> dict[str, Any]:
         value, unit = dose
-        dosage: dict[str, Any] = {
-            "route": ROUTES[route],
-            "dose": {"value": value, "unit": unit, "system": UCUM, "code": unit},
-        }
+        dosage: dict[str, Any] = {"route": ROUTES[route], "dose": quantity(value, unit)}
         if site:
             dosage["site"] = {"text": site}
-        return self.add(
-            {
-                "resourceType": "MedicationAdministration",
-                "id": self.new_id(key),
-                "status": "completed",
-                "medicationCodeableConcept": medication,
-                "subject": self.subject,
-                "effectivePeriod": {"start": self.at(days_ago, start), "end": self.at(days_ago, end)},
-                "dosage": dosage,
-            }
+        return self.add_medication(
+            "MedicationAdministration",
+            self.new_id(key),
+            medication,
+            status="completed",
+            period=(self.at(days_ago, start), self.at(days_ago, end)),
+            dosage=dosage,
         )
 
     def procedure(
         self, key: str, code: dict[str, Any], days_ago: int, *, clock: str = "13:00:00", body_site: str | None = None
     ) -> dict[str, Any]:
-        resource: dict[str, Any] = {
-            "resourceType": "Procedure",
-            "id": self.new_id(key),
-            "status": "completed",
-            "code": code,
-            "subject": self.subject,
-            "performedDateTime": self.at(days_ago, clock),
-        }
-        if body_site:
-            resource["bodySite"] = [{"text": body_site}]
-        return self.add(resource)
+        return self.add_procedure(self.new_id(key), code, self.at(days_ago, clock), body_site=body_site)
 
     def hemodialysis(self, since_days_ago: int) -> None:
         """Dependence on dialysis since `since_days_ago`, with the last three sessions charted
@@ -423,10 +335,10 @@ class Chart:
 
     # ----- output ---------------------------------------------------------------------------
 
-    def bundle(self) -> dict[str, Any]:
-        return {
-            "resourceType": "Bundle",
-            "meta": {
+    def bundle(self, bundle_type: str = "transaction") -> dict[str, Any]:
+        """The scenario as a transaction of PUTs, tagged with the anchor its dates are written against."""
+        return self.transaction(
+            meta={
                 "lastUpdated": f"{ANCHOR.isoformat()}T12:00:00Z",
                 "tag": [
                     {
@@ -435,13 +347,8 @@ class Chart:
                         "display": "Dates are written relative to this day; shift them with hooks.sandbox_data.shift_dates",
                     }
                 ],
-            },
-            "type": "transaction",
-            "entry": [
-                {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-                for r in self.resources
-            ],
-        }
+            }
+        )
 
 
 ROUTES = {
