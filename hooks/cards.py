@@ -17,6 +17,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from calcinosis.assessment import (
     Assessment,
+    CalciphylaxisStatus,
     DerivedValue,
     DifferentialAssessment,
     Evidence,
@@ -159,6 +160,10 @@ def _source(topic: str, display: str) -> Source:
 
 
 def _headline(assessment: Assessment) -> tuple[SubtypeAssessment | None, str]:
+    signal = assessment.calciphylaxis
+    if signal is not None and signal.status in (CalciphylaxisStatus.SUSPECTED, CalciphylaxisStatus.RECORDED):
+        # Suspected calciphylaxis (lesions, or coded) outranks every other subtype (11.4).
+        return assessment.subtype(Subtype.CALCIPHYLAXIS), ""
     ranked = sorted(
         (s for s in assessment.subtypes if s.likelihood in (Likelihood.LIKELY, Likelihood.POSSIBLE)),
         key=lambda s: (RANK[s.likelihood], PRIORITY.index(s.subtype)),
@@ -179,8 +184,14 @@ def _why(subtype: SubtypeAssessment, assessment: Assessment) -> str:
         first = next((f for f in subtype.findings if f.supports), None)
         return first.statement if first else ""
     if subtype.subtype is Subtype.CALCIPHYLAXIS:
+        signal = assessment.calciphylaxis
+        suspected = signal is not None and signal.status is CalciphylaxisStatus.SUSPECTED
         if "CC-CPX-CODED" in rules:
-            return "recorded on the problem list"
+            return "suspected on the problem list" if suspected else "recorded on the problem list"
+        if signal is not None and signal.lesions:
+            lesion = signal.lesions[0].display or "ischemic skin lesion"
+            setting = " without advanced kidney disease" if signal.setting == "non-uremic" else ""
+            return f"{lesion}{setting}"
         factors = [f.label for f in assessment.calciphylaxis_risk.major][:2]
         return "; ".join(factors) if factors else "advanced kidney disease"
     first = next((f for f in subtype.findings if f.supports and f.rule_id not in ("CC-DYS-LABS",)), None)
@@ -196,10 +207,15 @@ def subtype_summary(assessment: Assessment) -> str:
         return shorten(fallback)
     if assessment.no_cause_recorded:
         return shorten("Calcinosis cutis with normal calcium and phosphate: no underlying cause is on record")
+    if assessment.suspected_only and top.subtype is not Subtype.CALCIPHYLAXIS:
+        name = SUBTYPE_LABELS[top.subtype]
+        return shorten(f"Suspected calcinosis cutis: if confirmed, consider {name} ({_why(top, assessment)})")
     name = SUBTYPE_LABELS[top.subtype]
     why = _why(top, assessment)
     if top.subtype is Subtype.CALCIPHYLAXIS:
-        lead = "Calciphylaxis" if top.likelihood is Likelihood.LIKELY else "Consider calciphylaxis"
+        signal = assessment.calciphylaxis
+        recorded = signal is not None and signal.status is CalciphylaxisStatus.RECORDED
+        lead = "Calciphylaxis" if recorded else "Consider calciphylaxis"
         text = f"{lead}: {why}" if why else lead
     elif top.likelihood is Likelihood.LIKELY:
         text = f"Pattern suggests {name} calcinosis: {why}" if why else f"Pattern suggests {name} calcinosis"
@@ -250,7 +266,9 @@ def subtype_card(assessment: Assessment, kb: KnowledgeBase, hook_instance: uuid.
         for derived in assessment.derived:
             lines += _derived_lines(derived)
     risk = assessment.calciphylaxis_risk
-    if risk.major or risk.minor or risk.additional:
+    # Only where they change what the clinician may do: dialysis, CKD G4-G5, or calciphylaxis
+    # suspected or recorded (clinical-knowledge.md 11.4).
+    if risk.applicable and (risk.major or risk.minor or risk.additional):
         pattern = {
             "met": "consensus risk pattern met",
             "not-met": "consensus risk pattern not met",

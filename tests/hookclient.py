@@ -14,7 +14,7 @@ from hooks.app import create_app
 from hooks.models import HookResponse
 from hooks.settings import Settings
 from tests.charts import Chart
-from tests.fhir_chart import search_keys
+from tests.fhir_chart import search_keys, searchset  # noqa: F401 (re-exported: tests import it from here)
 
 FHIR_BASE = "https://fhir.example.org/r4"
 

@@ -301,3 +301,53 @@ def test_refuted_only_cause_leaves_no_cause_recorded_and_the_headline_says_so() 
     with_cause.condition("M34.1", ICD10, "Systemic sclerosis, CR(E)ST syndrome")
     with_cause.mineral_panel(9.4, 4.1, 3.6)
     assert not with_cause.assess().no_cause_recorded  # type: ignore[union-attr]
+
+
+# ----- what the subtype card makes of the signal --------------------------------------------------
+
+
+def test_suspected_calciphylaxis_heads_a_warning_card_and_elevated_risk_does_not() -> None:
+    from hooks.cards import subtype_card, subtype_summary
+
+    suspected = Chart()
+    suspected.calcinosis()
+    suspected.condition(None, text="Necrotic ulcer with black eschar, left thigh")
+    _dialysis_with_major_factors(suspected)
+    assessment = suspected.assess()
+    assert assessment is not None
+    summary = subtype_summary(assessment)
+    assert summary.startswith("Consider calciphylaxis") and "eschar" in summary
+    card = subtype_card(assessment, KB, __import__("uuid").UUID(int=1))
+    assert card.indicator == "warning"
+    assert "Calciphylaxis risk factors" in (card.detail or "")
+    risk_only = Chart()
+    risk_only.calcinosis()
+    _dialysis_with_major_factors(risk_only)
+    elevated = risk_only.assess()
+    assert elevated is not None
+    assert "calciphylaxis" not in subtype_summary(elevated).lower().split(":")[0]
+    assert subtype_card(elevated, KB, __import__("uuid").UUID(int=1)).indicator == "info"
+
+
+def test_provisional_calciphylaxis_card_says_suspected_not_recorded() -> None:
+    from hooks.cards import subtype_summary
+
+    chart = Chart()
+    chart.condition("237900002", SNOMED, "Calciphylaxis", verification="provisional")
+    assessment = chart.assess()
+    assert assessment is not None
+    summary = subtype_summary(assessment)
+    assert "suspected" in summary and "recorded on the problem list" not in summary
+
+
+def test_risk_factors_are_not_shown_on_a_chart_without_kidney_disease() -> None:
+    from hooks.cards import subtype_card
+
+    chart = Chart()
+    chart.calcinosis()
+    chart.condition("E11.9", ICD10, "Type 2 diabetes mellitus without complications")
+    chart.mineral_panel(9.4, 3.2, 3.6, egfr=80)
+    assessment = chart.assess()
+    assert assessment is not None
+    card = subtype_card(assessment, KB, __import__("uuid").UUID(int=1))
+    assert "Calciphylaxis risk factors" not in (card.detail or "")

@@ -183,3 +183,15 @@ def test_the_response_says_the_entry_could_not_be_read(tmp_path: Path, capsys: p
     card = response["cards"][0]
     assert "could not be read" in card["summary"] and card["indicator"] == "info"
     assert entry["id"] not in json.dumps(card)
+
+
+def test_a_suspected_calcinosis_entry_is_worded_suspected_on_the_card() -> None:
+    from hooks.cards import subtype_summary
+
+    chart = Chart()
+    chart.calcinosis(verification="provisional")
+    chart.condition("M34.1", ICD10, "Systemic sclerosis, CR(E)ST syndrome")
+    chart.mineral_panel(9.4, 4.1, 3.6)
+    assessment = chart.assess()
+    assert assessment is not None and assessment.suspected_only
+    assert subtype_summary(assessment).startswith("Suspected calcinosis cutis")
