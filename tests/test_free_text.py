@@ -195,3 +195,17 @@ def test_a_suspected_calcinosis_entry_is_worded_suspected_on_the_card() -> None:
     assessment = chart.assess()
     assert assessment is not None and assessment.suspected_only
     assert subtype_summary(assessment).startswith("Suspected calcinosis cutis")
+
+
+def test_over_http_a_calcinosis_entry_without_an_id_is_reported() -> None:
+    from tests.hookclient import cards_of, hook_request, make_app, post
+
+    chart = Chart()
+    entry = chart.calcinosis()
+    del entry["id"]
+    chart.mineral_panel(9.4, 4.1, 3.6)
+    cards = cards_of(post(make_app(), "/cds-services/calcinosis", hook_request(chart)))
+    assert len(cards) == 1 and "could not be read" in cards[0]["summary"]
+    silent = Chart()
+    silent.condition(None, text="No calcinosis cutis on examination")
+    assert cards_of(post(make_app(), "/cds-services/calcinosis", hook_request(silent))) == []
