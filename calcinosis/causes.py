@@ -50,7 +50,13 @@ def _finding(
 
 
 def supported_causes(ctx: PatientContext) -> tuple[CauseFinding, ...]:
-    """Every cause the record supports, strongest evidence first within each cause."""
+    """Every cause the record supports (computed once per patient context)."""
+    if ctx.causes is None:
+        ctx.causes = _supported_causes(ctx)
+    return ctx.causes
+
+
+def _supported_causes(ctx: PatientContext) -> tuple[CauseFinding, ...]:
     kb = ctx.kb
     year_ago = ctx.as_of - timedelta(days=365)
     calcium, phosphate, kidney = ctx.calcium, ctx.phosphate, ctx.kidney

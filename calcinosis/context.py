@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from calcinosis.assessment import Comparison, DerivedValue, Evidence
+from calcinosis.assessment import CauseFinding, Comparison, DerivedValue, Evidence
 from calcinosis.derived import (
     bedside_schwartz,
     calcium_phosphate_product,
@@ -231,6 +231,22 @@ class KidneyStatus:
         return found + self.aki_evidence
 
 
+_MAXIMA: dict[int, tuple[KnowledgeBase, dict[Analyte, float]]] = {}
+
+
+def _plausible_maxima(kb: KnowledgeBase) -> dict[Analyte, float]:
+    """Analyte -> largest plausible value, read once per knowledge base (every lab is checked)."""
+    known = _MAXIMA.get(id(kb))
+    if known is None or known[0] is not kb:
+        maxima = {
+            analyte: kb.thresholds[f"plausible-max-{analyte.value}"].value
+            for analyte in Analyte
+            if f"plausible-max-{analyte.value}" in kb.thresholds
+        }
+        _MAXIMA[id(kb)] = known = (kb, maxima)
+    return known[1]
+
+
 class PatientContext:
     """Pre-computed, read-only view of the findings for the rules."""
 
@@ -268,6 +284,9 @@ class PatientContext:
             by_kind[procedure.kind].append(procedure)
         self._procedures = by_kind
         self.total_readings: list[CalciumReading] = []
+        self.causes: tuple[CauseFinding, ...] | None = None
+        """The causes of `calcinosis.causes`, kept once computed (the metastatic rule and the
+        assessment both read them)."""
         self.calcium = self._calcium_reading()
         self.phosphate = self._phosphate_reading()
         self.kidney = self._kidney_status()
@@ -279,13 +298,15 @@ class PatientContext:
         (a unit or entry error such as 1e308). Such values are counted (`implausible`) and never
         reach a rule, so no card rests on them. A reference range with an impossible end is
         dropped and the fixed cut-offs apply instead."""
-        if lab.value is None or not lab.usable:
-            return lab
-        limit = self.kb.thresholds.get(f"plausible-max-{lab.analyte.value}")
-        if limit is None:
-            return lab
         value = lab.value
-        if not math.isfinite(value) or value > limit.value or (value <= 0 and lab.comparator not in ("<", "<=")):
+        if value is None or lab.unusable_reason is not None:
+            return lab
+        maximum = _plausible_maxima(self.kb).get(lab.analyte)
+        if maximum is None:
+            return lab
+        if 0 < value <= maximum and lab.reference_low is None and lab.reference_high is None:
+            return lab  # the usual case, decided by two comparisons (NaN fails them and goes on)
+        if not math.isfinite(value) or value > maximum or (value <= 0 and lab.comparator not in ("<", "<=")):
             unusable = replace(
                 lab,
                 value=None,
@@ -296,7 +317,7 @@ class PatientContext:
             self.implausible.append(unusable)
             return unusable
         ends = [end for end in (lab.reference_low, lab.reference_high) if end is not None]
-        if any(not math.isfinite(end) or end < 0 or end > limit.value for end in ends):
+        if any(not math.isfinite(end) or end < 0 or end > maximum for end in ends):
             return replace(lab, reference_low=None, reference_high=None)
         return lab
 

@@ -659,9 +659,10 @@ def assess_calciphylaxis(ctx: PatientContext, risk: CalciphylaxisRisk) -> tuple[
         condition_evidence(c) for c in ctx.conditions(ClinicalConcept.ISCHEMIC_SKIN_LESION, active_only=True)
     )
     uremic = kidney.advanced
-    nonuremic = () if uremic else non_uremic_factors(ctx)
-    setting = "uremic" if uremic else ("non-uremic" if lesions else None)
     coded = [c for c in ctx.conditions(ClinicalConcept.CALCIPHYLAXIS) if c.active]
+    # The predisposing features of 5.5.3 matter only where calciphylaxis is in question.
+    nonuremic = non_uremic_factors(ctx) if not uremic and (lesions or coded) else ()
+    setting = "uremic" if uremic else ("non-uremic" if lesions else None)
     if coded:
         confirmed = [c for c in coded if not c.suspected]
         status = CalciphylaxisStatus.RECORDED if confirmed else CalciphylaxisStatus.SUSPECTED

@@ -157,6 +157,26 @@ _SUSPECTED_BEFORE = (
 _SUSPECTED_AFTER = ("suspected", "?", "versus", "vs", "query", "questionable")
 
 
+_TRIGGER_WORDS = frozenset(
+    word
+    for phrases in (
+        _FAMILY,
+        _SUSPECTED_BEFORE_NEGATION,
+        _NEGATED_BEFORE,
+        _NEGATED_AFTER,
+        _RISK_BEFORE,
+        _RISK_AFTER,
+        _HISTORICAL_BEFORE,
+        _HISTORICAL_AFTER,
+        _SUSPECTED_BEFORE,
+        _SUSPECTED_AFTER,
+    )
+    for phrase in phrases
+    for word in phrase.split()
+)
+"""Every word of every trigger: a window with none of them affirms without trying the phrases."""
+
+
 def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
@@ -178,6 +198,8 @@ def assertion_of(text: str, start: int, end: int) -> Assertion:
     before = _tokens(text[clause_start:start])[-WINDOW:]
     after = _tokens(text[end:clause_end])[:WINDOW]
     both = before + after
+    if _TRIGGER_WORDS.isdisjoint(both):
+        return Assertion.AFFIRMED
     if _has(both, _FAMILY):
         return Assertion.FAMILY
     if _has(after, _SUSPECTED_BEFORE_NEGATION) or _has(before, _SUSPECTED_BEFORE_NEGATION):

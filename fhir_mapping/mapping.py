@@ -703,6 +703,8 @@ class FindingsBuilder:
         past or resolved calcinosis, ischemic lesion or AKI is not current; the codes of those
         concepts are held to the same words, so "Calcinosis cutis - resolved" on an active L94.2
         entry stays silent. Other codes stand whatever the words (a coded gout is gout)."""
+        if all(coding[1] is not None and finding not in CURRENT_ONLY for finding, coding in found):
+            return found, False  # codes that stand whatever the words: nothing to read
         text = _dict(concept).get("text")
         texts = [text] if isinstance(text, str) and text.strip() else [d for _, _, d in _codings(concept) if d]
         verdicts: dict[Finding, set[Assertion]] = {}
@@ -828,7 +830,7 @@ class FindingsBuilder:
             dosage = _dict(dosage)
             route = route or _label(dosage.get("route"))
             dose = dose if dose is not None else self._daily_dose(dosage)
-            if site is None and site_code is None:
+            if site is None and site_code is None and "site" in dosage:
                 site = _label(dosage.get("site"))
                 site_code = next(
                     (c for sys, c, _ in _codings(dosage.get("site")) if c and normalise_system(sys) == SNOMED), None
@@ -875,8 +877,11 @@ class FindingsBuilder:
         )
         end = _period_point(resource.get("performedPeriod")) or start
         sites = _list(resource.get("bodySite"))
-        body_sites = tuple(site for site in (_label(s) for s in sites) if site)
-        site_codes = tuple(c for s in sites for sys, c, _ in _codings(s) if c and normalise_system(sys) == SNOMED)
+        body_sites: tuple[str, ...] = ()
+        site_codes: tuple[str, ...] = ()
+        if sites:
+            body_sites = tuple(site for site in (_label(s) for s in sites) if site)
+            site_codes = tuple(c for s in sites for sys, c, _ in _codings(s) if c and normalise_system(sys) == SNOMED)
         self.index[reference] = resource
         for kind, (system, code, display) in found:
             self.procedures.append(
