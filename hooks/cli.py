@@ -26,7 +26,7 @@ import orjson
 from pydantic import ValidationError
 
 from fhir_mapping.mapping import bundle_resources
-from hooks.logs import protect_logs
+from hooks.logs import LOG_FORMAT, protect_logs, server_log_config
 from hooks.models import HookRequest
 from hooks.outbound import OutboundPolicy
 from hooks.overload import GuardedHttpToolsProtocol
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors())
         print(f"calcinosis-cds: invalid configuration: {problems}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     protect_logs()
     if args.command == "serve":
         import uvicorn
@@ -225,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port if args.port is not None else settings.port,
             workers=args.workers or settings.workers,
             log_level=settings.log_level.lower(),
+            log_config=server_log_config(settings.log_level),
             http=GuardedHttpToolsProtocol,  # closes connections that never finish a header
+            # Building the app (knowledge base, validators) holds a worker for seconds on a busy
+            # machine; uvicorn's default of 5 s took that for a dead worker and restarted it.
+            timeout_worker_healthcheck=60,
         )
         return 0
     if args.command in ("check", "sandbox"):

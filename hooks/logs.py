@@ -16,8 +16,10 @@ calls it for its other commands.
 
 from __future__ import annotations
 
+import copy
 import logging
 import traceback
+from typing import Any
 
 QUIET_LIBRARIES = ("httpx", "httpcore", "hpack")
 """Loggers that print URLs (with patient ids in search queries) below WARNING."""
@@ -80,3 +82,25 @@ def protect_logs() -> None:
         for target in (logger, *logger.handlers):
             if _NO_MESSAGES not in target.filters:
                 target.addFilter(_NO_MESSAGES)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def server_log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus the service's own loggers (`calcinosis_cds`, with the
+    audit trail, and the libraries' warnings through the root logger). uvicorn applies it in every
+    worker process: with `--workers` above 1 the workers are new processes, and without it the
+    service's INFO lines, the audit trail included, went nowhere."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["service"] = {"format": LOG_FORMAT}
+    config["handlers"]["service"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "service",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["calcinosis_cds"] = {"handlers": ["service"], "level": level, "propagate": False}
+    config["root"] = {"handlers": ["service"], "level": "WARNING"}
+    return config

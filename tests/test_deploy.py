@@ -429,6 +429,13 @@ def test_production_ingress_publishes_only_the_cds_hooks_paths_over_tls() -> Non
     assert all(p["backend"]["service"]["name"] == service for p in paths)
 
 
+def test_production_ingress_limits_each_client() -> None:
+    """The ingress sees every client; each pod only sheds its own excess (deploy/README.md)."""
+    annotations = _one(_render("production"), "Ingress")["metadata"]["annotations"]
+    for name in ("limit-rps", "limit-burst-multiplier", "limit-connections", "proxy-read-timeout"):
+        assert int(annotations[f"nginx.ingress.kubernetes.io/{name}"]) > 0, name
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_images_are_pinned(overlay: str) -> None:
     for container in _pod_spec(_render(overlay))["containers"]:

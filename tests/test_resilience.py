@@ -444,3 +444,39 @@ def test_api_docs_are_off_unless_enabled() -> None:
 
     assert asyncio.run(statuses(make_app())) == [404, 404, 404]
     assert asyncio.run(statuses(make_app(api_docs=True))) == [200, 200, 200]
+
+
+def test_two_workers_share_the_replay_cache_and_both_log() -> None:
+    """`serve --workers 2` with authentication: each token is accepted once whichever worker gets
+    it (the red team saw 19 of 20 replays accepted with a per-worker cache), and both workers'
+    lines, the audit trail included, reach the log."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    public = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    public.update({"kid": KID, "alg": "ES384", "use": "sig"})
+    base = "https://cds.example.test"
+    with own_redis() as redis:
+        env = {
+            "CALCINOSIS_AUTH_DISABLED": "false",
+            "CALCINOSIS_TRUSTED_CLIENTS": json.dumps({"clients": [{"issuer": ISSUER, "jwks": {"keys": [public]}}]}),
+            "CALCINOSIS_PUBLIC_BASE_URL": base,
+            "CALCINOSIS_REPLAY_CACHE_URL": redis.url,
+        }
+        with service_process(env, ("--workers", "2")) as service, httpx.Client(base_url=service.url) as http:
+            first, replayed = [], []
+            for _ in range(20):
+                now = int(time.time())
+                claims = {"iss": ISSUER, "aud": base + "/cds-services", "iat": now, "exp": now + 300}
+                token = jwt.encode(dict(claims, jti=str(uuid.uuid4())), key, algorithm="ES384", headers={"kid": KID})
+                headers = {"Authorization": f"Bearer {token}", "Connection": "close"}  # new connection: any worker
+                first.append(http.get("/cds-services", headers=headers).status_code)
+                replayed.append(http.get("/cds-services", headers=headers).status_code)
+            now = int(time.time())
+            claims = {"iss": ISSUER, "aud": base + SERVICE, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
+            token = jwt.encode(claims, key, algorithm="ES384", headers={"kid": KID})
+            call = http.post(SERVICE, json=hook_request(chart()), headers={"Authorization": f"Bearer {token}"})
+            assert call.status_code == 200
+            logged = service.log()
+    assert first == [200] * 20 and replayed == [401] * 20
+    assert logged.count("reason=replayed-jti") == 20
+    assert "Redis restarts" in logged  # the start-up warning about the replay window
+    assert "hookInstance=" in logged and '"resourceType":"AuditEvent"' in logged  # INFO lines of a worker
