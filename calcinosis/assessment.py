@@ -57,6 +57,9 @@ class Evidence:
     reference_range: str | None = None
     interpretation: str | None = None
     note: str | None = None
+    kind: str | None = None
+    reported_range: str | None = None
+    reported_unit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

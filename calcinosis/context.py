@@ -65,6 +65,9 @@ def lab_evidence(lab: LabResult, note: str | None = None) -> Evidence:
         reference_range=reference_range,
         interpretation=lab.interpretation.value if lab.interpretation else None,
         note=note if note is not None else ("date taken from 'issued'" if lab.date_from_issued else None),
+        kind=lab.analyte.value,
+        reported_range=lab.reported_range,
+        reported_unit=lab.reported_unit,
     )
 
 
@@ -80,6 +83,7 @@ def condition_evidence(condition: ConditionFinding, note: str | None = None) -> 
         display=condition.source.display,
         date=condition.first_known,
         note="; ".join(n for n in (status, extra, note) if n),
+        kind=condition.concept.value,
     )
 
 
@@ -91,6 +95,7 @@ def medication_evidence(medication: MedicationExposure, note: str | None = None)
         display=medication.name or medication.source.display,
         date=medication.start,
         note=note,
+        kind=medication.drug_class.value,
     )
 
 
@@ -114,6 +119,7 @@ def procedure_evidence(procedure: ProcedureFinding, note: str | None = None) -> 
         display=procedure.source.display,
         date=procedure.start,
         note=note,
+        kind=procedure.kind.value,
     )
 
 

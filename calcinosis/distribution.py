@@ -124,11 +124,11 @@ def assess_distribution(ctx: PatientContext) -> DistributionAssessment:
     if len(regions) == 1:
         return DistributionAssessment(
             Distribution.CIRCUMSCRIPTA,
-            f"one body region recorded ({listed}); region rule is an unconfirmed design choice",
+            f"one body region recorded ({listed})",
             evidence,
         )
     return DistributionAssessment(
         Distribution.UNIVERSALIS,
-        f"{len(regions)} body regions recorded ({listed}); region rule is an unconfirmed design choice",
+        f"{len(regions)} body regions recorded ({listed})",
         evidence,
     )

@@ -256,6 +256,8 @@ class LabResult:
     qualitative: str | None = None
     date_from_issued: bool = False
     unusable_reason: str | None = None
+    reported_unit: str | None = None
+    reported_range: str | None = None
 
     @property
     def usable(self) -> bool:

@@ -58,7 +58,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                     "major",
                     evidence,
                     CONSENSUS,
-                    f"'long-term' taken as at least {kb.quantity('warfarin-long-term-days')} (unconfirmed design choice)",
+                    f"'long-term' taken as at least {kb.quantity('warfarin-long-term-days')}",
                 )
             )
         else:
@@ -224,8 +224,7 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
                 "minor",
                 cite_medications(immuno),
                 CONSENSUS,
-                f"'long-term' taken as at least {kb.quantity('immunosuppression-long-term-days')} "
-                "(unconfirmed design choice)",
+                f"'long-term' taken as at least {kb.quantity('immunosuppression-long-term-days')}",
             )
         )
 

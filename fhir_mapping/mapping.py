@@ -176,6 +176,38 @@ def _label(concept: Any) -> str | None:
     return None
 
 
+def _reported_range(element: dict[str, Any]) -> str | None:
+    """The normal range as the lab wrote it ("2.51-4.49 mmol/L", "<65 pg/mL"), for the card to show
+    beside the value in the same unit; None when the range has no number."""
+    for entry in _list(element.get("referenceRange")):
+        if not isinstance(entry, dict):
+            continue
+        range_type = entry.get("type")
+        if range_type is not None:
+            kind = [code for _, code, _ in _codings(range_type)]
+            if kind and "normal" not in kind:
+                continue
+        ends: list[tuple[float, str | None]] = []
+        for key in ("low", "high"):
+            quantity = entry.get(key)
+            number = _number(quantity.get("value")) if isinstance(quantity, dict) else None
+            if number is not None and isinstance(quantity, dict):
+                unit = quantity.get("unit") if isinstance(quantity.get("unit"), str) else quantity.get("code")
+                ends.append((number, unit if isinstance(unit, str) and unit.strip() else None))
+            else:
+                ends.append((float("nan"), None))
+        (low, low_unit), (high, high_unit) = ends
+        unit = high_unit or low_unit
+        suffix = f" {unit}" if unit else ""
+        if low == low and high == high:
+            return f"{low:g}-{high:g}{suffix}"
+        if high == high:
+            return f"<{high:g}{suffix}"
+        if low == low:
+            return f">{low:g}{suffix}"
+    return None
+
+
 def _period_point(period: Any, prefer_end: bool = True) -> datetime | None:
     period = _dict(period)
     first, second = ("end", "start") if prefer_end else ("start", "end")
@@ -544,6 +576,7 @@ class FindingsBuilder:
                 # Analytes with no canonical unit (titres, assay units) accept a bare number.
                 normalised_value, unit, reason = converted, bare_unit, None
         low, high = self._reference_range(analyte, element) if normalised_value is not None else (None, None)
+        reported_range = _reported_range(element) if normalised_value is not None else None
         if reason is not None:
             self.issues.append(DataIssue(reference, f"{analyte.value} not usable: {reason}"))
         return LabResult(
@@ -560,6 +593,8 @@ class FindingsBuilder:
             qualitative=qualitative,
             date_from_issued=from_issued,
             unusable_reason=reason,
+            reported_unit=units[0] if units else None,
+            reported_range=reported_range,
         )
 
     def _reference_range(self, analyte: Analyte, element: dict[str, Any]) -> tuple[float | None, float | None]:

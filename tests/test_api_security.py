@@ -64,7 +64,7 @@ def test_every_endpoint_requires_a_valid_token(key: ec.EllipticCurvePrivateKey) 
     request = hook_request(calcinosis_chart())
     assert post(app, service, request).status_code == 401
     ok = post(app, service, request, {"Authorization": f"Bearer {token(key, service)}"})
-    assert ok.status_code == 200 and len(ok.json()["cards"]) == 3
+    assert ok.status_code == 200 and len(ok.json()["cards"]) == 2
     feedback = "/cds-services/calcinosis/feedback"
     body = {
         "feedback": [
@@ -186,7 +186,7 @@ def test_logs_carry_no_patient_data_or_tokens(
         )
     assert response.status_code == 200
     logged = caplog.text
-    assert "hookInstance=" in logged and "cards=3" in logged
+    assert "hookInstance=" in logged and "cards=2" in logged
     for secret in ("Zebulon", "Quixotic", "mrn-98765-zq", "1951-07-04", "13.37", "6.93", bearer, "secret-token-value"):
         assert secret not in logged, secret
 
@@ -206,7 +206,7 @@ def test_every_hook_call_is_audited_without_patient_data(
     ok, rejected = events
     assert ok["resourceType"] == "AuditEvent" and ok["agent"][0]["who"]["identifier"]["system"] == ISSUER
     assert ok["entity"][0]["what"]["identifier"]["value"] == request["hookInstance"]
-    assert ok["outcomeDesc"] == "HTTP 200, 3 cards" and rejected["outcomeDesc"] == "HTTP 401"
+    assert ok["outcomeDesc"] == "HTTP 200, 2 cards" and rejected["outcomeDesc"] == "HTTP 401"
     assert chart.patient_id not in json.dumps(events)
 
 

@@ -35,7 +35,9 @@ def test_every_source_key_and_threshold_named_in_the_rules_exists() -> None:
         if key.startswith(("CC-", "DX-", "G1")):
             continue
         assert key in kb.sources, f"rule cites unknown source {key}"
-    for threshold in set(re.findall(r'(?:value|threshold|days|number|quantity)\(["\']([a-z0-9-]+)["\']\)', code)):
+    for threshold in set(
+        re.findall(r'(?<![\w])(?:value|threshold|days|number|quantity)\(["\']([a-z0-9-]+)["\']\)', code)
+    ):
         assert threshold in kb.thresholds, f"rule uses unknown threshold {threshold}"
 
 

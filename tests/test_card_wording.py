@@ -1,0 +1,143 @@
+"""What a clinician or the EHR sees carries nothing internal, and the cards follow 11.4.
+
+Every response of the scenario library (sandbox patients, test charts, Synthea backgrounds) is
+scanned whole, extension included: no record ids, rule ids, evidence tags, "unconfirmed", "design
+choice", file names, knowledge-base source keys or another patient's ids. Then the noise rules:
+summary length, detail budget, word-boundary cuts, the workup cap, the differentials card only
+when raised, risk factors only where they apply.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from functools import cache
+from typing import Any
+
+import pytest
+
+from calcinosis.statements import DETAIL_BUDGET
+from hooks.service import CalcinosisService
+from hooks.settings import Settings
+from tests.charts import Chart
+from tests.scenario_library import LibraryChart, library
+
+INTERNAL = re.compile(
+    r"(?-i:\b(?:CC|DX)-[A-Z]{2,}|\bGK\b)|unconfirmed|design choice|\.(?:json|py|md)\b|Design-|\bS-(?:2nd|abs)\b|"
+    r"clinical-knowledge|terminology\.|disputed",
+    re.IGNORECASE,
+)
+SERVICE = CalcinosisService(Settings(feedback_database_url="memory://", auth_disabled=True))
+LIBRARY = library()
+
+
+@cache
+def response(name: str) -> dict[str, Any]:
+    chart = next(c for c in LIBRARY if c.name == name)
+    wire: dict[str, Any] = SERVICE.respond(chart.resources, chart.patient_id, uuid.UUID(int=11), chart.as_of).wire()
+    return wire
+
+
+def record_ids(chart: LibraryChart) -> set[str]:
+    """Ids of the chart's resources other than the patient (whose id the orders must name)."""
+    return {r["id"] for r in chart.resources if r.get("id") and r.get("resourceType") != "Patient"}
+
+
+@pytest.mark.parametrize("name", [c.name for c in LIBRARY])
+def test_no_internal_vocabulary_anywhere_in_the_response(name: str) -> None:
+    chart = next(c for c in LIBRARY if c.name == name)
+    text = json.dumps(response(name), ensure_ascii=False)
+    found = INTERNAL.findall(text)
+    assert not found, f"{name}: internal words {sorted(set(found))}"
+    for resource_id in record_ids(chart):
+        assert not re.search(rf"(?<![A-Za-z0-9-]){re.escape(resource_id)}(?![A-Za-z0-9-])", text), (
+            f"{name}: record id {resource_id} in the response"
+        )
+    # The patient's id appears only as the subject of a draft order.
+    without_subjects = text.replace(f'"Patient/{chart.patient_id}"', "")
+    assert chart.patient_id not in without_subjects
+
+
+def test_another_patients_resources_are_counted_not_named() -> None:
+    chart = Chart("pat-own")
+    chart.calcinosis()
+    chart.mineral_panel(9.4, 4.1, 3.6)
+    stray = chart.lab("2777-1", 9.9, "mg/dL", 3)
+    stray["id"] = "stray-observation-of-someone-else"
+    stray["subject"] = {"reference": "Patient/someone-else-42"}
+    wire = SERVICE.respond(chart.resources, chart.patient_id, uuid.UUID(int=3), None).wire()
+    text = json.dumps(wire)
+    assert "someone-else-42" not in text and "stray-observation" not in text
+    quality = wire["cards"][0]["extension"]["org.calcinosis-cds.assessment"]["dataQuality"]
+    assert quality["resourcesSkipped"] >= 1
+
+
+@pytest.mark.parametrize("name", [c.name for c in LIBRARY])
+def test_summary_detail_and_labels_fit_the_panel(name: str) -> None:
+    for card in response(name)["cards"]:
+        assert len(card["summary"]) < 140
+        assert card["indicator"] in ("info", "warning")
+        assert len(card.get("detail", "")) <= DETAIL_BUDGET, (name, card["summary"])
+        for label in [s["label"] for s in card.get("suggestions", [])] + [
+            link["label"] for link in card.get("links", [])
+        ]:
+            # Cut only at a word boundary, and then marked.
+            assert not label.endswith(("-", ",")), label
+            if label.endswith("…"):
+                assert label[-2] != " " and re.search(r"\w…$", label), label
+        if card["summary"].endswith("…"):
+            assert re.search(r"\w[)]?…$", card["summary"]), card["summary"]
+        assert len(card.get("suggestions", [])) <= 5
+
+
+@pytest.mark.parametrize("name", [c.name for c in LIBRARY])
+def test_differentials_card_only_when_raised_or_unclassified(name: str) -> None:
+    cards = response(name)["cards"]
+    differentials = [c for c in cards if c["source"]["topic"]["code"] == "differentials"]
+    if differentials:
+        detail = differentials[0]["detail"]
+        assert "nothing recorded for or against" not in detail
+        unclassified = "cannot classify" in cards[0]["summary"]
+        assert "raised by" in detail or unclassified, (name, detail)
+
+
+def test_no_risk_factors_for_a_child_without_kidney_disease() -> None:
+    cards = response("chart-child-eyelid-nodule")["cards"]
+    assert "risk factor" not in json.dumps([c.get("detail", "") for c in cards]).lower()
+    workup = next(c for c in cards if c["source"]["topic"]["code"] == "workup")
+    assert len(workup["suggestions"]) <= 5
+
+
+def test_suspected_calciphylaxis_leads_as_a_warning_with_the_biopsy_caution() -> None:
+    subtype = response("chart-dialysis-necrotic-ulcer")["cards"][0]
+    assert subtype["indicator"] == "warning"
+    assert subtype["summary"].startswith("Dialysis patient with necrotic ulcer")
+    assert "consider calciphylaxis" in subtype["summary"]
+    assert "Avoid skin biopsy" in subtype["detail"]
+    first_screen = subtype["detail"].split("\n\n")[0]
+    assert "Suspected calciphylaxis" in first_screen and "risk factors" in first_screen
+
+
+def test_values_in_the_labs_own_unit_with_the_conversion_in_brackets() -> None:
+    detail = response("metastatic-esrd-si-units")["cards"][0]["detail"]
+    assert re.search(r"Phosphate 2\.55 mmol/L \(7\.9 mg/dL\), above the lab's range [0-9.]+-[0-9.]+ mmol/L", detail), (
+        detail
+    )
+    assert "mg2/dL2" not in detail and "{1.73_m2}" not in detail
+
+
+def test_a_risk_pattern_without_skin_findings_is_elevated_risk_not_a_warning() -> None:
+    subtype = response("calciphylaxis-risk-pattern")["cards"][0]
+    assert subtype["indicator"] == "info"
+    assert "Elevated calciphylaxis risk" in subtype["detail"]
+    assert "calciphylaxis" not in subtype["summary"].lower()
+
+
+def test_draft_orders_carry_no_note() -> None:
+    for chart in LIBRARY:
+        for card in response(chart.name)["cards"]:
+            for suggestion in card.get("suggestions", []):
+                resource = suggestion["actions"][0]["resource"]
+                assert "note" not in resource
+                assert resource["code"]["text"]
