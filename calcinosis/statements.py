@@ -345,6 +345,9 @@ def _other_subtypes(assessment: Assessment, top: Subtype | None) -> str:
     for subtype in sorted(assessment.subtypes, key=lambda s: (RANK[s.likelihood], PRIORITY.index(s.subtype))):
         if subtype.subtype is top:
             continue
+        if subtype.subtype is Subtype.CALCIPHYLAXIS and elevated_calciphylaxis_risk(assessment):
+            parts.append("calciphylaxis risk elevated")
+            continue
         parts.append(f"{SUBTYPE_NAMES[subtype.subtype].split(' ')[0]} {subtype.likelihood.value}")
     return "Other subtypes: " + ", ".join(parts) + "."
 
@@ -415,8 +418,8 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
                 summary += f" and {len(risk.major)} major risk factor{'s' if len(risk.major) != 1 else ''}"
             summary += ": consider calciphylaxis"
         else:
-            summary = "Calciphylaxis on the problem list" + (f" {setting}" if setting else "")
-            summary += ": review the risk factors and avoid biopsy of the lesions"
+            summary = f"{who} with calciphylaxis on the problem list" if risk.on_dialysis else "Calciphylaxis on record"
+            summary += ": review the risk factors; avoid biopsy of the lesions"
         headline = "Suspected calciphylaxis"
         caution = _biopsy_caution(kb)
         next_step = f"Next: consider {next_item}; the workup card lists the rest." if next_item else None
@@ -592,18 +595,21 @@ def workup_statement(
     names = ", ".join(short_label(gap) for gap in orders)
     noun = "test" if all(g.kind == "lab" for g in orders) else "item"
     summary = f"Calcinosis workup: {len(orders)} {noun}{'s' if len(orders) != 1 else ''} suggested ({names})"
-    evidence = tuple(f"{gap.label}: {gap.reason.rstrip('.')}." for gap in orders)
-    further: list[str] = []
-    if later:
-        further.append("Also worth considering later, without a button: " + ", ".join(g.label for g in later) + ".")
+    later_line = (
+        "Also worth considering later, without a button: " + ", ".join(short_label(g) for g in later) + "."
+        if later
+        else None
+    )
+    further = [f"Why {short_label(gap)}: {gap.reason.rstrip('.')}." for gap in orders]
     if assessment.suppressed_workup and suspected_calciphylaxis(assessment):
-        further.append(f"Not suggested: {_biopsy_caution(kb)}")
+        further.insert(0, f"Not suggested: {_biopsy_caution(kb)}")
     statement = Statement(
         topic="workup",
         indicator="info",
         summary=shorten(summary),
         headline="Ranked for this picture; each button creates a draft order",
-        evidence=evidence,
+        evidence=(),
+        next_step=later_line,
         further=tuple(further),
         sources=tuple(dict.fromkeys(s for gap in orders for s in gap.sources)),
     )

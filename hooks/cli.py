@@ -5,6 +5,7 @@
     calcinosis-cds check --fhir-server URL --patient ID [--token T] [--json]
     calcinosis-cds sandbox load --fhir-server URL [--token T]
     calcinosis-cds feedback-report
+    calcinosis-cds knowledge-diff OLD NEW [--scenarios PATH ...]   # folders or git revisions
 
 `evaluate` prints exactly the CDS Hooks response the service would return, so integration
 engineers and hospital IT can check a patient file before any EHR is involved.
@@ -186,6 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("evaluate", help="print the cards for a FHIR Bundle or CDS Hooks request file")
     run.add_argument("path", help="JSON file, or - for standard input")
     commands.add_parser("feedback-report", help="acceptance rate per card topic and top override reasons (read-only)")
+    differ = commands.add_parser(
+        "knowledge-diff", help="what an edit of the knowledge base changes on the cards of the scenario library"
+    )
+    differ.add_argument("old", help="folder of knowledge files, or a git revision (e.g. HEAD~1)")
+    differ.add_argument("new", help="folder of knowledge files, or a git revision (e.g. HEAD)")
+    differ.add_argument(
+        "--scenarios",
+        action="append",
+        default=[],
+        help="more charts: a Bundle file or a folder of them (repeatable); the sandbox patients always run",
+    )
     checking = commands.add_parser(
         "check", help="run patient-view (or order-sign, with --draft-orders) with no prefetch against a FHIR server"
     )
@@ -248,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         except (UsageError, ScenarioError) as error:
             print(f"calcinosis-cds: {error}", file=sys.stderr)
             return 1
+        return 0
+    if args.command == "knowledge-diff":
+        from hooks.knowledge_diff import KnowledgeDiffError, knowledge_diff
+
+        try:
+            lines, changed, total = knowledge_diff(args.old, args.new, CalcinosisService(settings), args.scenarios)
+        except KnowledgeDiffError as error:
+            print(f"calcinosis-cds: {error}", file=sys.stderr)
+            return 2
+        sys.stdout.write("\n".join([*lines, f"{changed} of {total} charts change."]) + "\n")
         return 0
     if args.command == "feedback-report":
         store = None
