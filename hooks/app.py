@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -34,7 +35,7 @@ from hooks.auth.authenticator import INSECURE_WARNING, Authenticator
 from hooks.auth.web import Caller, authenticated
 from hooks.card_ids import CardIds
 from hooks.logs import protect_logs
-from hooks.metrics import CARDS, LATENCY, REGISTRY, REQUESTS
+from hooks.metrics import CARDS, CARDS_SUPPRESSED, LATENCY, REGISTRY, REQUESTS
 from hooks.models import Discovery, Feedback, FeedbackBatch, FeedbackItem, HookRequest, operation_outcome
 from hooks.overload import Admission, LoadShedder
 from hooks.prefetch import DataUnobtainableError
@@ -48,6 +49,7 @@ from hooks.stores import (
     feedback_records,
     open_feedback_store,
 )
+from hooks.suppression import CardSuppression, SuppressionUnavailableError, open_suppression_store
 from hooks.wire import decode_hook_request
 
 log = logging.getLogger("calcinosis_cds")
@@ -199,6 +201,16 @@ HookCaller = Annotated[VerifiedToken | None, Depends(hook_caller)]
 """The service call's caller: authenticated as on every route, and audited when refused."""
 
 
+def resources_skipped(cards: list[dict[str, Any]]) -> int:
+    """How many resources of the request were not used (for the log line; the count travels in the
+    subtype card's extension, never their ids)."""
+    for card in cards:
+        quality = ((card.get("extension") or {}).get("org.calcinosis-cds.assessment") or {}).get("dataQuality")
+        if quality:
+            return int(quality.get("resourcesSkipped", 0))
+    return 0
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; the knowledge base and value sets load (and are checked) here."""
     settings = settings or Settings()
@@ -208,6 +220,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     feedback = open_feedback_store(settings.feedback_database_url, pool_size=settings.feedback_pool_size)
     guarded_feedback = GuardedFeedbackStore(
         feedback, slots=settings.feedback_pool_size, timeout=settings.feedback_timeout_seconds
+    )
+    suppression = CardSuppression(
+        open_suppression_store(settings.feedback_database_url, wait_timeout=settings.feedback_timeout_seconds),
+        settings.suppression_days,
+        settings.suppression_key,
+        frozenset(settings.suppression_override_codes),
     )
     authenticator = Authenticator(settings)
     retry_after = {"Retry-After": str(settings.retry_after_seconds)}
@@ -315,6 +333,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         declared: DeclaredService | None = None
         hook_instance: str | None = None
         status, cards = 500, None
+        held: list[str] = []
         try:
             declared = registry.get(service_id)
             if declared is None:
@@ -341,20 +360,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except DataUnobtainableError as error:
                 log.info("hook=%s hookInstance=%s status=412 reason=%s", declared.hook, hook_instance, error)
                 raise ApiError(412, "processing", str(error)) from error
-            for card in outcome.response.cards:
-                CARDS.labels(card.source.topic.code if card.source.topic else "none", card.indicator).inc()
-            status, cards = 200, len(outcome.response.cards)
+            body = outcome.response.wire()
+            issued: list[dict[str, Any]] = body.get("cards", [])
+            skipped = resources_skipped(issued)
+            # Only the patient-view cards are silenced after an override; an order-sign card is about
+            # the order being signed.
+            if suppression.enabled and issued and declared.hook == "patient-view":
+                try:
+                    issued, held = await run_in_threadpool(
+                        suppression.filter_for,
+                        verified.issuer if verified else "local",
+                        outcome.patient_id,
+                        issued,
+                    )
+                except SuppressionUnavailableError as error:
+                    # Cards are never withheld for want of the store: show them all, and say so.
+                    log.warning("suppression store unavailable hookInstance=%s reason=%s", hook_instance, error)
+                body["cards"] = issued
+            for topic in held:
+                CARDS_SUPPRESSED.labels(topic).inc()
+            for card in issued:
+                CARDS.labels(
+                    ((card.get("source") or {}).get("topic") or {}).get("code", "none"), card["indicator"]
+                ).inc()
+            status, cards = 200, len(issued)
             log.info(
-                "hook=%s hookInstance=%s service=%s status=200 cards=%d fhirRequests=%d prefetch=%s ms=%.1f",
+                "hook=%s hookInstance=%s service=%s status=200 cards=%d suppressed=%s skipped=%d fhirRequests=%d "
+                "prefetch=%s ms=%.1f",
                 declared.hook,
                 hook_instance,
                 declared.id,
                 cards,
+                ",".join(held) or "-",
+                skipped,
                 outcome.data.fhir_requests,
                 ",".join(f"{k}:{v}" for k, v in sorted(outcome.data.how.items())),
                 (time.perf_counter() - started) * 1000,
             )
-            return ORJSONResponse(outcome.response.wire())
+            return ORJSONResponse(body)
         except ApiError as error:
             status = error.status
             raise
@@ -367,6 +410,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 verified=verified,
                 client_address=request.client.host if request.client else None,
                 cards=cards,
+                suppressed=len(held),
             )
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_body_schema(Feedback, app))
@@ -386,7 +430,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # to send it again (CDS clients retry feedback), and idempotency makes that safe.
             log.warning("feedback not stored service=%s items=%d reason=%s", service_id, len(batch.feedback), error)
             raise ApiError(503, "transient", "feedback store unavailable; send it again later", retry_after) from error
-        log.info("feedback service=%s items=%d rejected=%d new=%d", service_id, len(batch.feedback), len(rejected), new)
+        silenced = 0
+        try:
+            for record in records:
+                if record.outcome == "overridden" and await run_in_threadpool(
+                    suppression.overridden, record.card, record.override_code
+                ):
+                    silenced += 1
+        except SuppressionUnavailableError as error:
+            # The outcome is stored; the override is not yet in force: ask for the feedback again.
+            log.warning("override not recorded service=%s reason=%s", service_id, error)
+            raise ApiError(503, "transient", "feedback store unavailable; send it again later", retry_after) from error
+        log.info(
+            "feedback service=%s items=%d rejected=%d new=%d silenced=%d",
+            service_id,
+            len(batch.feedback),
+            len(rejected),
+            new,
+            silenced,
+        )
         answer: dict[str, Any] = {"received": len(batch.feedback), "new": new}
         if rejected:
             answer["rejected"] = [{"index": i, "reason": why} for i, why in rejected]
@@ -445,6 +507,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if settings.preview_enabled:
+        from hooks.preview import register_preview
+
+        log.warning("card preview page enabled at /preview: development instances only (no authentication)")
+        register_preview(app, service)
     # Outermost, so a request beyond the limit costs nothing but its 503.
     admission = Admission(limit=settings.max_concurrent_requests)
     app.state.admission = admission

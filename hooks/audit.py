@@ -31,6 +31,7 @@ def audit_hook_call(
     verified: VerifiedToken | None,
     client_address: str | None,
     cards: int | None = None,
+    suppressed: int = 0,
 ) -> None:
     """Write one AuditEvent-shaped record for a service call (also for rejected calls)."""
     who: dict[str, object] = {
@@ -54,7 +55,9 @@ def audit_hook_call(
         "action": "E",
         "recorded": datetime.now(UTC).isoformat(),
         "outcome": _OUTCOME.get(status // 100, "12"),
-        "outcomeDesc": f"HTTP {status}" + (f", {cards} cards" if cards is not None else ""),
+        "outcomeDesc": f"HTTP {status}"
+        + (f", {cards} cards" if cards is not None else "")
+        + (f", {suppressed} suppressed" if suppressed else ""),
         "agent": [agent],
         "source": {"observer": {"display": f"calcinosis-cds/{service_id}"}},
     }

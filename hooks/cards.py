@@ -22,8 +22,10 @@ from calcinosis.statements import (
     CardStatements,
     Statement,
     card_statements,
-    shorten,
     suspected_calciphylaxis,
+)
+from calcinosis.statements import (
+    shorten as shorten,  # re-exported: the order-sign cards cut their text the same way
 )
 from hooks.models import Action, Card, Coding, Link, OverrideReason, Source, Suggestion
 

@@ -140,7 +140,9 @@ def check(
     if draft_orders is not None:
         orders = _load(draft_orders)
         if not isinstance(orders, dict) or orders.get("resourceType") != "Bundle":
-            raise UsageError(f"{draft_orders} must hold a FHIR Bundle of draft orders (MedicationRequest, ServiceRequest)")
+            raise UsageError(
+                f"{draft_orders} must hold a FHIR Bundle of draft orders (MedicationRequest, ServiceRequest)"
+            )
         body["hook"] = "order-sign"
         body["context"]["draftOrders"] = orders
     if token:

@@ -33,6 +33,12 @@ FHIR_LATENCY = Histogram(
 CARDS = Counter(
     "calcinosis_cards_total", "Cards returned by topic and indicator", ["topic", "indicator"], registry=REGISTRY
 )
+CARDS_SUPPRESSED = Counter(
+    "calcinosis_cards_suppressed_total",
+    "Cards held back because a clinician overrode the same card for the same patient and evidence",
+    ["topic"],
+    registry=REGISTRY,
+)
 AUTH_FAILURES = Counter("calcinosis_auth_failures_total", "Rejected tokens by reason", ["reason"], registry=REGISTRY)
 SHED = Counter(
     "calcinosis_shed_requests_total", "Requests answered 503 because the worker was at its limit", registry=REGISTRY

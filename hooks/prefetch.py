@@ -151,9 +151,7 @@ class LabWindow:
             # The last range is open: results dated in the future are kept too.
             upper = f"&date=lt{edges[i + 1].isoformat()}" if i + 1 < len(edges) else ""
             window.append(f"{base}&date=ge{edge.isoformat()}{upper}")
-        older = (
-            f"{base}&status={self.counted_statuses}&date=lt{start.isoformat()}&_sort=-date&_count={self.older_page}"
-        )
+        older = f"{base}&status={self.counted_statuses}&date=lt{start.isoformat()}&_sort=-date&_count={self.older_page}"
         return window, older
 
     def newest_older(self, patient_id: str, analytes: list[str], now: datetime) -> list[str]:

@@ -150,6 +150,6 @@ class CalcinosisService:
         if result.assessment is None and result.unreadable_documentation:
             cards = [unreadable_card(self.knowledge, hook_instance)]
         else:
-            cards = render_cards(result.assessment, self.knowledge, hook_instance, patient_id)
+            cards = render_cards(result.assessment, self.knowledge, hook_instance, patient_id, self.settings.workup_cap)
         self.card_ids.sign_cards(cards)
         return HookResponse(cards=cards)

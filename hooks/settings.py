@@ -84,6 +84,26 @@ class Settings(BaseSettings):
         default=[],
         description="With auth disabled: FHIR base URLs the service may call (loopback addresses are always allowed).",
     )
+    workup_cap: int = Field(
+        default=5, ge=1, le=20, description="Workup suggestions with a button; the rest are listed without one."
+    )
+    suppression_days: float = Field(
+        default=30,
+        ge=0,
+        le=3650,
+        description="Days a card topic stays quiet for a patient after an 'already addressed' or 'not relevant' "
+        "override, unless its evidence changes (0 turns this off).",
+    )
+    suppression_key: str | None = Field(
+        default=None,
+        description="Secret for the keyed hash of issuer and patient id kept with overrides (same on every replica).",
+    )
+    suppression_override_codes: Annotated[list[str], NoDecode] = Field(
+        default=[], description="The EHR's own override reason codes that mean 'already addressed' or 'not relevant'."
+    )
+    preview_enabled: bool = Field(
+        default=False, description="Serve the card preview page at /preview (development instances only)."
+    )
     log_level: str = Field(default="INFO", description="Python log level.")
     max_concurrent_requests: int = Field(
         default=32,
@@ -95,7 +115,10 @@ class Settings(BaseSettings):
         default=2, ge=1, le=3600, description="Retry-After of a 503 (overload, store or replay cache unavailable)."
     )
     header_timeout_seconds: float = Field(
-        default=10.0, gt=0, le=300, description="A connection that has not sent a whole request header by then is closed."
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A connection that has not sent a whole request header by then is closed.",
     )
     body_timeout_seconds: float = Field(
         default=15.0, gt=0, le=600, description="A request body not received in full by then is answered 408."
@@ -109,11 +132,9 @@ class Settings(BaseSettings):
     replay_cache_timeout_seconds: float = Field(
         default=1.0, gt=0, le=30, description="Longest wait for the Redis replay cache per token (then 503)."
     )
-    api_docs: bool = Field(
-        default=False, description="Serve /docs, /redoc and /openapi.json (off: they answer 404)."
-    )
+    api_docs: bool = Field(default=False, description="Serve /docs, /redoc and /openapi.json (off: they answer 404).")
 
-    @field_validator("cors_origins", "local_fhir_servers", mode="before")
+    @field_validator("cors_origins", "local_fhir_servers", "suppression_override_codes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
