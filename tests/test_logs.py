@@ -67,7 +67,7 @@ def test_a_served_process_logs_no_patient_data_tokens_or_query_strings() -> None
     env = {"CALCINOSIS_AUTH_DISABLED": "true", "CALCINOSIS_LOG_LEVEL": "INFO"}
     with fhir_server(server), service_process(env) as service, httpx.Client(base_url=service.url) as http:
         ok = http.post("/cds-services/calcinosis", json=fallback_request(server.url + "/r4"))
-        assert ok.status_code == 200 and len(ok.json()["cards"]) == 3  # everything fetched from FHIR
+        assert ok.status_code == 200 and len(ok.json()["cards"]) == 2  # everything fetched from FHIR (subtype, workup)
         assert any(PATIENT in s.path for s in server.seen)  # so the URLs did carry the patient id
         # Error paths: the FHIR server failing (412), a bad body with patient data in it (400), an
         # unknown service (404), a token in the query string of discovery and of a 404.
