@@ -76,7 +76,12 @@ def topics(cards: list[dict[str, Any]]) -> list[str]:
 def test_an_override_silences_the_card_across_two_instances(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = {"auth_disabled": True, "feedback_database_url": postgres_url, "suppression_key": "test-key"}
+    settings = {
+        "auth_disabled": True,
+        "feedback_database_url": postgres_url,
+        "suppression_key": "test-key",
+        "card_id_key": "shared-card-id-key-for-both-replicas",
+    }
     first = make_app(**settings)
     second = make_app(**settings)
     record = chart()
