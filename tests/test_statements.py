@@ -1,0 +1,94 @@
+"""The clinical statements (calcinosis/statements.py): wording helpers and the decisions they make."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from calcinosis.assessment import Evidence
+from calcinosis.knowledge_base import default_knowledge
+from calcinosis.statements import as_reported, card_statements, converted, day, shorten
+from hooks.cards import render_cards
+from tests.charts import Chart
+
+
+@given(st.lists(st.text(alphabet="abcdefghij", min_size=1, max_size=15), min_size=1, max_size=40))
+def test_shorten_cuts_at_a_word_boundary_with_an_ellipsis(words: list[str]) -> None:
+    text = " ".join(words)
+    cut = shorten(text, 60)
+    assert len(cut) <= 60
+    if cut != text:
+        assert cut.endswith("…")
+        kept = cut[:-1].split(" ")
+        assert all(word in words for word in kept), "no word is cut in the middle"
+
+
+def test_values_keep_the_labs_unit_and_precision() -> None:
+    phosphate = Evidence(
+        "Observation/x", None, None, value=7.897, unit="mg/dL", reported="2.55 mmol/L", reported_unit="mmol/L"
+    )
+    assert as_reported(phosphate) == "2.55 mmol/L (7.9 mg/dL)"
+    same_unit = Evidence(
+        "Observation/y", None, None, value=10.2204, unit="mg/dL", reported="10.2 mg/dL", reported_unit="mg/dL"
+    )
+    assert as_reported(same_unit) == "10.2 mg/dL"
+    egfr = Evidence(
+        "Observation/z",
+        None,
+        None,
+        value=12,
+        unit="mL/min/{1.73_m2}",
+        reported="12 mL/min/{1.73_m2}",
+        reported_unit="mL/min/{1.73_m2}",
+    )
+    assert as_reported(egfr) == "12 mL/min/1.73 m²"
+    assert converted(1240.4) == "1,240" and converted(9.62) == "9.6" and converted(0.853) == "0.85"
+    assert day(datetime(2026, 11, 28, tzinfo=UTC)) == "28 Nov 2026"
+
+
+def severe_chart() -> Chart:
+    chart = Chart("stmt-severe")
+    chart.calcinosis()
+    chart.lab("17861-6", 14.6, "mg/dL", 3, low=8.5, high=10.2)
+    chart.lab("17861-6", 14.2, "mg/dL", 10, low=8.5, high=10.2)
+    chart.lab("1751-7", 4.1, "g/dL", 3)
+    chart.lab("2777-1", 3.1, "mg/dL", 3, low=2.5, high=4.5)
+    chart.lab("98979-8", 72, "mL/min/{1.73_m2}", 3)
+    return chart
+
+
+def test_severe_hypercalcemia_leads_as_a_warning_with_the_number_from_the_knowledge_base() -> None:
+    assessment = severe_chart().assess()
+    assert assessment is not None
+    kb = default_knowledge()
+    statement = card_statements(assessment, kb).subtype
+    assert statement.indicator == "warning"
+    assert statement.summary.startswith(f"Severe hypercalcemia (calcium at or above {kb.quantity('calcium-severe')})")
+    moved = kb.with_thresholds({"calcium-severe": 15.0})
+    assert card_statements(assessment, moved).subtype.summary.startswith(
+        "Severe hypercalcemia (calcium at or above 15 mg/dL)"
+    )
+
+
+def test_the_workup_cap_is_configurable_and_the_rest_is_listed_without_buttons() -> None:
+    chart = Chart("stmt-cap")
+    chart.calcinosis()
+    assessment = chart.assess()
+    assert assessment is not None and len(assessment.workup) > 2
+    cards = render_cards(assessment, default_knowledge(), uuid.uuid4(), chart.patient_id, workup_cap=2)
+    workup = next(card for card in cards if card.source.topic and card.source.topic.code == "workup")
+    assert len(workup.suggestions or []) == 2
+    assert "Also worth considering later, without a button:" in (workup.detail or "")
+
+
+def test_an_unclassified_subtype_lists_the_differentials_to_consider() -> None:
+    chart = Chart("stmt-unclassified")
+    chart.calcinosis()
+    assessment = chart.assess()
+    assert assessment is not None
+    statements = card_statements(assessment, default_knowledge())
+    assert statements.subtype.summary.startswith("Calcinosis cutis: cannot classify the subtype")
+    assert statements.differentials is not None and statements.differentials_shown
