@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 from fastapi import Depends, FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -367,11 +366,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # the order being signed.
             if suppression.enabled and issued and declared.hook == "patient-view":
                 try:
-                    issued, held = await run_in_threadpool(
+                    issued, held = await suppression.bounded(
                         suppression.filter_for,
                         verified.issuer if verified else "local",
                         outcome.patient_id,
                         issued,
+                        timeout=settings.feedback_timeout_seconds,
                     )
                 except SuppressionUnavailableError as error:
                     # Cards are never withheld for want of the store: show them all, and say so.
@@ -433,8 +433,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         silenced = 0
         try:
             for record in records:
-                if record.outcome == "overridden" and await run_in_threadpool(
-                    suppression.overridden, record.card, record.override_code
+                if record.outcome == "overridden" and await suppression.bounded(
+                    suppression.overridden, record.card, record.override_code, timeout=settings.feedback_timeout_seconds
                 ):
                     silenced += 1
         except SuppressionUnavailableError as error:

@@ -195,7 +195,6 @@ def assessment_extension(assessment: Assessment) -> dict[str, Any]:
     return prune_object(
         {
             "knowledgeVersion": assessment.knowledge_version,
-            "asOf": assessment.as_of.isoformat(),
             "entry": [_evidence_data(e) for e in assessment.entry],
             "subtypes": [
                 {
@@ -244,7 +243,6 @@ def assessment_extension(assessment: Assessment) -> dict[str, Any]:
                 "additional": [factor(f) for f in risk.additional],
             },
             "dataQuality": {
-                "resourcesSeen": quality.resources_seen,
                 "resourcesSkipped": quality.resources_skipped,
                 "valuesNotUsed": len(quality.issues),
             },

@@ -191,8 +191,8 @@ def render_evidence(cards: list[dict[str, Any]]) -> str:
             )
             quality = assessment.get("dataQuality", {})
             parts.append(
-                f"<p>Record entries read: {_e(quality.get('resourcesSeen', 0))}; not used: "
-                f"{_e(quality.get('resourcesSkipped', 0))} resources, {_e(quality.get('valuesNotUsed', 0))} values</p>"
+                f"<p>Record entries not used: {_e(quality.get('resourcesSkipped', 0))} resources, "
+                f"{_e(quality.get('valuesNotUsed', 0))} values</p>"
             )
         workup = extension.get("org.calcinosis-cds.workup")
         if workup:

@@ -18,6 +18,7 @@ database and shared by every replica (a warning says so: a key kept apart from t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -25,14 +26,16 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 
 log = logging.getLogger("calcinosis_cds")
+T = TypeVar("T")
 
 #: Override reasons of this service that silence a topic (its own `overrideReasons` codes).
 SILENCING_REASONS = frozenset({"already-addressed", "not-relevant"})
@@ -323,9 +326,32 @@ class CardSuppression:
         self.store = store
         self.period_seconds = period_days * 86400
         self.reasons = SILENCING_REASONS | extra_reasons
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self._key: bytes | None = key.encode() if key else None
         if key is None and period_days > 0:
             log.warning("CALCINOSIS_SUPPRESSION_KEY is not set: patient hashes use a key kept in the feedback database")
+
+    async def bounded(self, function: Callable[..., T], *args: Any, timeout: float) -> T:
+        """Run a store call off the event loop, waiting at most `timeout` seconds: a database that
+        stops answering costs a bounded wait, never a hung hook call. While two earlier calls are
+        still stuck, the store is treated as unavailable at once (threads are not piled up)."""
+        with self._in_flight_lock:
+            if self._in_flight >= 2:
+                raise SuppressionUnavailableError("earlier calls to the store have not returned")
+            self._in_flight += 1
+        future = asyncio.get_running_loop().run_in_executor(None, self._release_after, function, args)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError as error:
+            raise SuppressionUnavailableError(f"no answer within {timeout:g} s") from error
+
+    def _release_after(self, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            return function(*args)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
 
     @property
     def enabled(self) -> bool:
