@@ -418,7 +418,13 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
                 summary += f" and {len(risk.major)} major risk factor{'s' if len(risk.major) != 1 else ''}"
             summary += ": consider calciphylaxis"
         else:
-            summary = f"{who} with calciphylaxis on the problem list" if risk.on_dialysis else "Calciphylaxis on record"
+            signal = assessment.calciphylaxis
+            listed = (
+                "calciphylaxis suspected on the problem list"
+                if signal is not None and signal.status is CalciphylaxisStatus.SUSPECTED
+                else "calciphylaxis on the problem list"
+            )
+            summary = f"{who} with {listed}" if risk.on_dialysis else listed[0].upper() + listed[1:]
             summary += ": review the risk factors; avoid biopsy of the lesions"
         headline = "Suspected calciphylaxis"
         caution = _biopsy_caution(kb)
@@ -524,6 +530,10 @@ def _subtype_words(
             cause = causes[0].display or "a tissue-damaging condition"
             evidence.append(record_line(causes[0], "On record: "))
             summary = f"Calcinosis cutis with normal calcium and phosphate and {cause}: {confidence} {name}"
+        elif assessment.no_cause_recorded:
+            summary = "Calcinosis cutis with normal calcium and phosphate: no underlying cause is on record"
+            headline_lead, name = "Normal calcium and phosphate,", "no underlying cause on record"
+            evidence.append("No connective tissue disease or other damaging condition is coded")
         else:
             summary = (
                 "Calcinosis cutis with normal calcium and phosphate and no underlying cause on record: "
@@ -563,6 +573,8 @@ def _subtype_words(
     else:  # calciphylaxis possible without a skin signal: stated as elevated risk elsewhere
         summary = f"Calcinosis cutis{where}: {confidence} {name}"
         evidence += [f.statement for f in top.findings if f.supports][:2]
+    if assessment.suspected_only:
+        summary = f"Suspected calcinosis cutis: if confirmed, consider {name}"
     return evidence, summary, f"{headline_lead} {name}"
 
 

@@ -340,7 +340,9 @@ def test_health_readiness_and_metrics_without_patient_data() -> None:
     app = make_app()
     assert get(app, "/healthz").json() == {"status": "ok"}
     ready = get(app, "/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"knowledgeBase": ready.json()["checks"]["knowledgeBase"]}
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "knowledgeBase": ready.json()["checks"]["knowledgeBase"]
+    }
     assert ready.json()["feedbackStore"] in ("unknown", "ok")  # reported, not required (test_resilience.py)
     chart = metastatic_chart()
     post(app, "/cds-services/calcinosis", hook_request(chart))

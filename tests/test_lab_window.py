@@ -48,7 +48,9 @@ def test_window_is_two_years_in_ranges_and_one_page_of_newest_older_results() ->
 
 
 def test_only_analytes_missing_from_a_full_older_page_get_their_own_search() -> None:
-    window = LabWindow((("calcium-total", "http://loinc.org|17861-6"), ("pth-intact", "http://loinc.org|2731-8")), older_page=2)
+    window = LabWindow(
+        (("calcium-total", "http://loinc.org|17861-6"), ("pth-intact", "http://loinc.org|2731-8")), older_page=2
+    )
     calcium = {"resourceType": "Observation", "code": {"coding": [{"system": "http://loinc.org", "code": "17861-6"}]}}
     assert window.not_shown([calcium]) == []  # not full: every older result is there
     assert window.not_shown([calcium, calcium]) == ["pth-intact"]
@@ -96,7 +98,9 @@ def test_windowed_fetch_answers_as_a_full_prefetch_does() -> None:
         fetched = post(
             app,
             "/cds-services/calcinosis",
-            hook_request(chart, prefetch=prefetch, with_server=True, hookInstance="d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"),
+            hook_request(
+                chart, prefetch=prefetch, with_server=True, hookInstance="d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
+            ),
         )
     full = post(
         make_app(card_id_key=KEY),

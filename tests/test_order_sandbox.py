@@ -24,7 +24,11 @@ SERVICE = OrderSignService(CalcinosisService(Settings(feedback_database_url="mem
 def card_outcome(cards: list[Any]) -> list[tuple[str, str, str]]:
     """(indicator, topic, rule) of each card, as expected.json records them."""
     return [
-        (card["indicator"], card["source"]["topic"]["code"], card["extension"]["org.calcinosis-cds.order-check"]["rule"])
+        (
+            card["indicator"],
+            card["source"]["topic"]["code"],
+            card["extension"]["org.calcinosis-cds.order-check"]["rule"],
+        )
         for card in cards
     ]
 

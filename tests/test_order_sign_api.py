@@ -23,7 +23,9 @@ from tests.test_order_scenarios import (
 )
 
 ORDER_SIGN = "/cds-services/calcinosis-order-sign"
-INTERNAL = re.compile(r"\bGK\b|unconfirmed|design choice|\.json|MedicationRequest/|Observation/|Condition/|calciphylaxis-vitamin")
+INTERNAL = re.compile(
+    r"\bGK\b|unconfirmed|design choice|\.json|MedicationRequest/|Observation/|Condition/|calciphylaxis-vitamin"
+)
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +223,9 @@ def test_the_readme_example_request_is_a_valid_order_sign_call() -> None:
     assert request.hook == "order-sign"
     context = OrderSignContext.model_validate(request.context)
     warfarin, pth = read_draft_orders(context.draft_orders)
-    assert [c.value for c in warfarin.drug_classes] == ["warfarin"] and warfarin.reference == "MedicationRequest/draft-1"
+    assert [c.value for c in warfarin.drug_classes] == [
+        "warfarin"
+    ] and warfarin.reference == "MedicationRequest/draft-1"
     assert [a.value for a in pth.analytes] == ["pth-intact"] and pth.reference == "ServiceRequest/draft-2"
 
 

@@ -89,7 +89,9 @@ def test_paged_optional_prefetch_is_used_and_the_card_says_it_was_incomplete() -
     medications["link"] = [{"relation": "next", "url": f"{FHIR_BASE}/MedicationRequest?page=2"}]
     cards = cards_of(post(make_app(), SERVICE, hook_request(chart, prefetch=prefetch)))
     assert likelihoods(cards)["dystrophic"] == "likely"
-    assert "**Incomplete record**" in cards[0]["detail"] and "medication orders: only part was sent" in cards[0]["detail"]
+    assert (
+        "**Incomplete record**" in cards[0]["detail"] and "medication orders: only part was sent" in cards[0]["detail"]
+    )
     complete = cards_of(post(make_app(), SERVICE, hook_request(chart)))
     assert "Incomplete record" not in complete[0]["detail"]
 

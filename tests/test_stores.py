@@ -81,8 +81,18 @@ def exercise(store: FeedbackStore) -> None:
     assert store.add(records(card("02"), "overridden", "already-addressed")) == 1
     assert store.add(records(card("02"), "overridden", "already-addressed")) == 1
     report = feedback_report(store.records())
-    assert report["topics"]["subtype"] == {"accepted": 1, "acceptedSuggestions": 1, "overridden": 0, "acceptanceRate": 1.0}
-    assert report["topics"]["workup"] == {"accepted": 1, "acceptedSuggestions": 3, "overridden": 2, "acceptanceRate": 0.333}
+    assert report["topics"]["subtype"] == {
+        "accepted": 1,
+        "acceptedSuggestions": 1,
+        "overridden": 0,
+        "acceptanceRate": 1.0,
+    }
+    assert report["topics"]["workup"] == {
+        "accepted": 1,
+        "acceptedSuggestions": 3,
+        "overridden": 2,
+        "acceptanceRate": 0.333,
+    }
     assert report["topOverrideReasons"][0] == {"reason": f"{OURS}|already-addressed", "count": 2}
     assert store.ping()
 
@@ -190,4 +200,3 @@ def test_card_ids_verify_only_what_this_key_signed() -> None:
     assert ids.topic(signed[:-2] + "01") is None  # the topic is under the MAC too
     assert ids.topic("Zebulon Canarysmith MRN 12345") is None
     assert ids.topic(str(uuid.uuid4())[:-2] + "01") is None
-

@@ -80,7 +80,9 @@ async def exchange(app: Any, http: httpx.AsyncClient, calls: list[tuple[str, str
     return answers
 
 
-def run_calls(app: Any, calls: list[tuple[str, str, Any, str]], http: httpx.AsyncClient | None = None) -> list[httpx.Response]:
+def run_calls(
+    app: Any, calls: list[tuple[str, str, Any, str]], http: httpx.AsyncClient | None = None
+) -> list[httpx.Response]:
     async def main() -> list[httpx.Response]:
         if http is not None:
             return await exchange(app, http, calls)
@@ -132,7 +134,9 @@ def test_a_pinned_client_still_refuses_another_key_and_an_unlisted_jku_for_an_un
     app = app_for([{"issuer": SANDBOX_ISS, "jwks": {"keys": [public_jwk(key, "k1")]}}])
     forged = token(other, "ES384", SANDBOX_ISS, BASE + SERVICE, "k1", SANDBOX_JKU)
     unknown = token(other, "ES384", SANDBOX_ISS, BASE + SERVICE, "k2", "https://evil.example.org/jwks.json")
-    answers = run_calls(app, [("POST", SERVICE, calcinosis_call(), forged), ("POST", SERVICE, calcinosis_call(), unknown)])
+    answers = run_calls(
+        app, [("POST", SERVICE, calcinosis_call(), forged), ("POST", SERVICE, calcinosis_call(), unknown)]
+    )
     assert [a.status_code for a in answers] == [401, 401]
 
 
@@ -161,7 +165,9 @@ def test_epic_feedback_carrying_the_service_audience_is_accepted_when_configured
     feedback = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-01T12:00:00Z"}]}
     assert run_calls(configured, [("POST", FEEDBACK, feedback, epic(BASE + SERVICE))])[0].status_code == 200
     assert run_calls(configured, [("GET", "/cds-services", None, epic(BASE + SERVICE))])[0].status_code == 200
-    assert run_calls(configured, [("POST", FEEDBACK, feedback, epic("https://elsewhere.example/x"))])[0].status_code == 401
+    assert (
+        run_calls(configured, [("POST", FEEDBACK, feedback, epic("https://elsewhere.example/x"))])[0].status_code == 401
+    )
     assert run_calls(unconfigured, [("POST", FEEDBACK, feedback, epic(BASE + SERVICE))])[0].status_code == 401
     assert run_calls(unconfigured, [("POST", FEEDBACK, feedback, epic(BASE + FEEDBACK))])[0].status_code == 400
 
@@ -195,7 +201,9 @@ def self_signed() -> tuple[bytes, bytes]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
@@ -261,14 +269,20 @@ def test_oracle_key_rotation_is_picked_up_on_an_unknown_kid(jwk_host: JwkHost) -
                 authenticator.clients, InMemoryReplayCache(clock=clock), JwksFetcher(http, clock=clock), clock=clock
             )
             statuses = []
-            (first,) = await exchange(app, http, [("POST", SERVICE, calcinosis_call(), oracle(old, "RS384", "2026-11"))])
+            (first,) = await exchange(
+                app, http, [("POST", SERVICE, calcinosis_call(), oracle(old, "RS384", "2026-11"))]
+            )
             statuses.append(first.status_code)
             jwk_host.keys = [public_jwk(new, "2026-12", alg="ES384"), public_jwk(old, "2026-11")]  # rotation
             clock.now += 45  # a while later (the cached set is still fresh: its lifetime is 10 min)
-            (second,) = await exchange(app, http, [("POST", SERVICE, calcinosis_call(), oracle(new, "ES384", "2026-12"))])
+            (second,) = await exchange(
+                app, http, [("POST", SERVICE, calcinosis_call(), oracle(new, "ES384", "2026-12"))]
+            )
             statuses.append(second.status_code)
             jwk_host.keys = [public_jwk(new, "2026-12", alg="ES384")]  # the old key is withdrawn
-            (third,) = await exchange(app, http, [("POST", SERVICE, calcinosis_call(), oracle(new, "ES384", "2026-12"))])
+            (third,) = await exchange(
+                app, http, [("POST", SERVICE, calcinosis_call(), oracle(new, "ES384", "2026-12"))]
+            )
             statuses.append(third.status_code)
             return statuses
 

@@ -71,7 +71,10 @@ def test_order_sign_with_and_without_prefetch(service_url: str, loaded: str, sce
 
 def test_check_command_with_draft_orders(loaded: str, capsys: pytest.CaptureFixture[str]) -> None:
     warfarin = Path(draft_orders_dir()) / "warfarin-calciphylaxis-coded.json"
-    assert main(["check", "--fhir-server", loaded, "--patient", "cc-calciphylaxis-coded", "--draft-orders", str(warfarin)]) == 0
+    assert (
+        main(["check", "--fhir-server", loaded, "--patient", "cc-calciphylaxis-coded", "--draft-orders", str(warfarin)])
+        == 0
+    )
     assert "[warning] Calciphylaxis on file: warfarin sodium is a listed major risk factor" in capsys.readouterr().out
     ssc = Path(draft_orders_dir()) / "warfarin-ssc.json"
     assert main(["check", "--fhir-server", loaded, "--patient", "cc-dystrophic-ssc", "--draft-orders", str(ssc)]) == 0
@@ -80,4 +83,9 @@ def test_check_command_with_draft_orders(loaded: str, capsys: pytest.CaptureFixt
     assert main(["check", "--fhir-server", loaded, "--patient", "cc-dystrophic-ssc", "--draft-orders", str(pth)]) == 0
     out = capsys.readouterr().out
     assert "[info] PTH result on file from" in out and "suggestion: Remove this draft order" in out
-    assert main(["check", "--fhir-server", loaded, "--patient", "cc-dystrophic-ssc", "--draft-orders", "/nonexistent.json"]) == 1
+    assert (
+        main(
+            ["check", "--fhir-server", loaded, "--patient", "cc-dystrophic-ssc", "--draft-orders", "/nonexistent.json"]
+        )
+        == 1
+    )
