@@ -6,7 +6,7 @@ off, feedback in memory) on a free loopback port, with `CALCINOSIS_MAX_CONCURREN
 low, and drives it in closed loops (each connection sends its next request as soon as the last
 one answered) at concurrencies from below the limit to many times it, with the typical chart of
 `bench/workloads.py`. Each level stops at a request count or a time cap, whichever comes first.
-After each level it reads the worker's own gauges from /metrics: the most requests it ever held at
+After each level it reads the worker's own gauges from /metrics (on the metrics port): the most requests it ever held at
 once (`calcinosis_requests_in_flight_peak`) and how many it shed.
 
     .venv/bin/python bench/load.py                      # writes bench/LOAD.md
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(REPO / "bench" / "LOAD.md"))
     args = parser.parse_args(argv)
 
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     env = {
         **os.environ,
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "CALCINOSIS_FEEDBACK_DATABASE_URL": "memory://",
         "CALCINOSIS_LOG_LEVEL": "WARNING",
         "CALCINOSIS_MAX_CONCURRENT_REQUESTS": str(args.limit),
+        "CALCINOSIS_METRICS_PORT": str(metrics_port),  # the metrics have a port of their own
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "hooks.cli", "serve", "--host", LOOPBACK, "--port", str(port), "--workers", "1"],
@@ -184,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         levels = []
         for concurrency in (int(c) for c in args.levels.split(",")):
             level = drive(port, make, concurrency, args.requests, args.cap)
-            level.peak = gauge(port, "calcinosis_requests_in_flight_peak")
-            level.shed_total = gauge(port, "calcinosis_shed_requests_total")
+            level.peak = gauge(metrics_port, "calcinosis_requests_in_flight_peak")
+            level.shed_total = gauge(metrics_port, "calcinosis_shed_requests_total")
             levels.append(level)
             print(f"concurrency {concurrency}: {dict(level.statuses)} in {level.elapsed:.1f} s", flush=True)
     finally:

@@ -23,18 +23,27 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from hooks import __version__
 from hooks.audit import audit_hook_call
 from hooks.auth import AuthError, ReplayCacheUnavailableError, VerifiedToken
 from hooks.auth.authenticator import INSECURE_WARNING, Authenticator
 from hooks.auth.web import Caller, authenticated
 from hooks.card_ids import CardIds
 from hooks.logs import protect_logs
-from hooks.metrics import CARDS, CARDS_SUPPRESSED, LATENCY, REGISTRY, REQUESTS
+from hooks.metrics import (
+    CARDS,
+    CARDS_SUPPRESSED,
+    RequestMetrics,
+    counting_store_errors,
+    record_build,
+    serve_metrics,
+    store_failed,
+)
 from hooks.models import Discovery, Feedback, FeedbackBatch, FeedbackItem, HookRequest, operation_outcome
 from hooks.overload import Admission, LoadShedder
 from hooks.prefetch import DataUnobtainableError
@@ -228,6 +237,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     authenticator = Authenticator(settings)
     retry_after = {"Retry-After": str(settings.retry_after_seconds)}
+    record_build(service.knowledge.version)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -246,18 +256,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # The feedback store is prepared in the background (retried with back-off, the cause
             # logged): the hook call does not need it, so its outage must not stop the start.
             preparing = asyncio.create_task(guarded_feedback.prepare())
+            stop_metrics = None
+            if settings.metrics_port:
+                stop_metrics = await serve_metrics(settings.metrics_host or settings.host, settings.metrics_port)
             try:
                 yield
             finally:
                 preparing.cancel()
                 guarded_feedback.close()
+                if stop_metrics is not None:
+                    await stop_metrics()
 
     # redirect_slashes=False: Starlette would answer `POST /cds-services/calcinosis/` with a 307 to
     # a Location built from the Host header (an unauthenticated redirect to any host); 404 instead.
     docs = settings.api_docs  # off unless enabled: they describe the API to anyone who asks
     app = FastAPI(
         title="calcinosis-cds",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
         redirect_slashes=False,
@@ -280,6 +295,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type"],
         max_age=600,
     )
+    # Added last, so outermost of the app's own middleware: it sees every answer, a 500 included.
+    app.add_middleware(RequestMetrics)
 
     @app.exception_handler(AuthError)
     async def _auth_error(request: Request, error: AuthError) -> Response:
@@ -424,7 +441,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not records:
             raise ApiError(400, "invalid", "; ".join(f"feedback.{i}: {why}" for i, why in rejected[:10]))
         try:
-            new = await guarded_feedback.add(records)
+            with counting_store_errors("feedback", "add"):
+                new = await guarded_feedback.add(records)
         except StoreUnavailableError as error:
             # Nothing is answered 200 unless it is committed: during an outage the client is told
             # to send it again (CDS clients retry feedback), and idempotency makes that safe.
@@ -470,6 +488,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ping = getattr(authenticator.replay, "ping", None)
         if ping is not None and not authenticator.disabled:
             checks["replayCache"] = await ping()
+        if checks.get("replayCache") is False:
+            store_failed("replay_cache", "ping")
         ready = all(bool(v) for v in checks.values())
         healthy = guarded_feedback.healthy
         feedback_state = "unknown" if healthy is None else "ok" if healthy else "unavailable"
@@ -477,24 +497,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"status": "ready" if ready else "not-ready", "checks": checks, "feedbackStore": feedback_state},
             status_code=200 if ready else 503,
         )
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> Response:
-        """Prometheus text format; no patient data in any label."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Response:
-        """Request counts and latency per endpoint and status (route templates, not raw paths)."""
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        LATENCY.labels(endpoint).observe(time.perf_counter() - started)
-        return response
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document plus the spec models the hand-parsed routes read."""

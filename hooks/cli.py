@@ -6,6 +6,7 @@
     calcinosis-cds sandbox load --fhir-server URL [--token T]
     calcinosis-cds feedback-report
     calcinosis-cds knowledge-diff OLD NEW [--scenarios PATH ...]   # folders or git revisions
+    calcinosis-cds --version
 
 `evaluate` prints exactly the CDS Hooks response the service would return, so integration
 engineers and hospital IT can check a patient file before any EHR is involved.
@@ -27,6 +28,7 @@ import orjson
 from pydantic import ValidationError
 
 from fhir_mapping.mapping import bundle_resources
+from hooks import __version__
 from hooks.logs import LOG_FORMAT, protect_logs, server_log_config
 from hooks.models import HookRequest
 from hooks.outbound import OutboundPolicy
@@ -181,6 +183,7 @@ def describe_cards(response: dict[str, Any], order_sign: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = argparse.ArgumentParser(prog="calcinosis-cds", description="Calcinosis cutis CDS Hooks service")
+    parser.add_argument("--version", action="version", version=f"calcinosis-cds {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the CDS Hooks service")
     serve.add_argument("--host", help="bind address (default from CALCINOSIS_HOST, else 127.0.0.1)")

@@ -132,7 +132,18 @@ class Settings(BaseSettings):
     replay_cache_timeout_seconds: float = Field(
         default=1.0, gt=0, le=30, description="Longest wait for the Redis replay cache per token (then 503)."
     )
-    api_docs: bool = Field(default=False, description="Serve /docs, /redoc and /openapi.json (off: they answer 404).")
+    api_docs: bool = Field(
+        default=False, description="Serve /docs, /redoc and /openapi.json (off: they answer 404)."
+    )
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus metrics (GET /metrics), apart from the service port; 0 turns it off.",
+    )
+    metrics_host: str | None = Field(
+        default=None, description="Address the metrics port binds to (default: the same as CALCINOSIS_HOST)."
+    )
 
     @field_validator("cors_origins", "local_fhir_servers", "suppression_override_codes", mode="before")
     @classmethod

@@ -131,7 +131,8 @@ def service_process(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator
     process = subprocess.Popen(
         [sys.executable, "-m", "hooks.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=REPO,
-        env={**os.environ, "CALCINOSIS_FEEDBACK_DATABASE_URL": "memory://", **env},
+        # No metrics port unless the test asks for one (it would be shared by parallel runs).
+        env={**os.environ, "CALCINOSIS_FEEDBACK_DATABASE_URL": "memory://", "CALCINOSIS_METRICS_PORT": "0", **env},
         stdout=output,
         stderr=subprocess.STDOUT,
     )

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from prometheus_client import generate_latest
 
+from hooks.metrics import REGISTRY
 from hooks.models import Discovery
 from tests.charts import ICD10, Chart
 from tests.hookclient import cards_of, get, hook_request, make_app, post
@@ -346,7 +348,8 @@ def test_health_readiness_and_metrics_without_patient_data() -> None:
     assert ready.json()["feedbackStore"] in ("unknown", "ok")  # reported, not required (test_resilience.py)
     chart = metastatic_chart()
     post(app, "/cds-services/calcinosis", hook_request(chart))
-    text = get(app, "/metrics").text
+    assert get(app, "/metrics").status_code == 404  # the metrics have a port of their own
+    text = generate_latest(REGISTRY).decode()
     assert 'calcinosis_requests_total{endpoint="/cds-services/{service_id}",status="200"}' in text
     assert 'calcinosis_cards_total{indicator="info",topic="workup"}' in text
     assert chart.patient_id not in text and "Practitioner" not in text

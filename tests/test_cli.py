@@ -89,3 +89,15 @@ def test_serve_refuses_to_start_without_authentication_configured(
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "CALCINOSIS_TRUSTED_CLIENTS" in err and "Traceback" not in err
+
+
+def test_version_is_printed_from_the_one_place_it_is_written(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    from hooks import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"calcinosis-cds {__version__}"
+    assert version("calcinosis-cds") == __version__  # the installed metadata reads it too

@@ -37,6 +37,8 @@ KUBERNETES_VERSIONS = ("1.29.0", "1.32.0", "1.37.0")
 PORT = 8000
 UID = 10001
 PLACEHOLDER = "REPLACE-ME"
+METRICS_PORT = 9464
+MONITORING_API = "monitoring.coreos.com/"
 
 Obj = dict[str, Any]
 
@@ -201,10 +203,19 @@ def test_dockerfile_is_multi_stage_slim_and_pinned() -> None:
     _preamble, builder, runtime = _dockerfile_stages()
     assert builder[0] == "FROM ${PYTHON_IMAGE} AS builder"
     assert runtime[0] == "FROM ${PYTHON_IMAGE} AS runtime"
-    build = " ".join(builder)
-    assert "--requirement requirements/runtime.txt" in build and "--only-binary=:all:" in build
+    build = re.sub(r"\s+", " ", " ".join(builder))
+    # Exactly the pins: binary wheels only, no dependency resolution, then `pip check` proves the
+    # pins complete (an unpinned async-timeout slipped in that way once).
+    assert "--only-binary=:all: --no-deps --requirement requirements/runtime.txt && /opt/venv/bin/pip check" in build
+    assert "--only-binary=:all: --no-deps --requirement requirements/sbom.txt" in build
     assert "--no-deps --no-build-isolation ./" in build
-    # The final stage receives the venv only, and installs nothing.
+    # The SBOM is written at build time, of the venv the final image receives.
+    assert "cyclonedx-py environment" in build and "sbom.cdx.json /opt/venv/bin/python" in build
+    # Site CA and package mirror come in as build secrets / arguments, never edited in.
+    assert "--mount=type=secret,id=site_ca,required=false" in build
+    assert "--mount=type=secret,id=package_index_url,required=false" in build
+    assert "ARG PACKAGE_INDEX_URL" in builder
+    # The final stage receives the venv only (the SBOM inside it), and installs nothing.
     copies = [i for i in runtime if i.upper().startswith("COPY")]
     assert copies == ["COPY --from=builder /opt/venv /opt/venv"]
     final = " ".join(runtime).lower()
@@ -215,7 +226,7 @@ def test_dockerfile_is_multi_stage_slim_and_pinned() -> None:
     for line in (ROOT / "requirements" / "runtime.txt").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             assert re.fullmatch(
-                r"[A-Za-z0-9._-]+==[0-9][A-Za-z0-9.]*( ; [a-z_]+ [!=]= \"[a-z0-9]+\")?", line.strip()
+                r"[A-Za-z0-9._-]+==[0-9][A-Za-z0-9.]*( ; [a-z_]+ (?:[!=]=|<) \"[a-z0-9.]+\")?", line.strip()
             ), line
 
 
@@ -249,7 +260,15 @@ def test_dockerignore_sends_only_what_the_image_needs() -> None:
     ]
     assert lines[0] == "*", "exclude everything first, then allow the build inputs"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"requirements/runtime.txt", "pyproject.toml", "README.md", "calcinosis", "fhir_mapping", "hooks"}
+    assert allowed == {
+        "requirements/runtime.txt",
+        "requirements/sbom.txt",
+        "pyproject.toml",
+        "README.md",
+        "calcinosis",
+        "fhir_mapping",
+        "hooks",
+    }
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------
@@ -263,6 +282,8 @@ def test_overlay_validates_against_kubernetes_schemas(overlay: str, version: str
     assert objects
     errors = []
     for obj in objects:
+        if obj["apiVersion"].startswith(MONITORING_API):
+            continue  # Prometheus Operator objects: not in the Kubernetes schemas (validated below)
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as error:
@@ -306,7 +327,10 @@ def test_container_runs_the_service_with_probes_resources_and_volumes(overlay: s
         "--port",
         str(PORT),
     ]
-    assert container["ports"] == [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+    ]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
@@ -320,7 +344,10 @@ def test_container_runs_the_service_with_probes_resources_and_volumes(overlay: s
     volumes = {v["name"]: v for v in _pod_spec(objects)["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     service = _one(objects, "Service")
-    assert service["spec"]["ports"] == [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+    ]
     assert _selects_pods({"matchLabels": service["spec"]["selector"]}, objects)
 
 
@@ -402,8 +429,12 @@ def test_production_network_policy_allows_only_the_documented_flows() -> None:
     policy = _one(objects, "NetworkPolicy")["spec"]
     assert _selects_pods(policy["podSelector"], objects)
     assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    # The ingress controller reaches the service port only, Prometheus the metrics port only.
+    assert [rule["ports"] for rule in policy["ingress"]] == [
+        [{"protocol": "TCP", "port": PORT}],
+        [{"protocol": "TCP", "port": METRICS_PORT}],
+    ]
     for rule in policy["ingress"]:
-        assert rule["ports"] == [{"protocol": "TCP", "port": PORT}]
         assert rule["from"], "an ingress rule without peers would admit every pod"
         for peer in rule["from"]:
             assert "namespaceSelector" in peer and "podSelector" in peer and "ipBlock" not in peer
@@ -562,3 +593,98 @@ def test_compose_holds_no_secret_and_the_env_example_covers_every_variable() -> 
             assert value == PLACEHOLDER, key
     ignored = (DEPLOY / ".gitignore").read_text(encoding="utf-8").split()
     assert "/.env" in ignored
+
+
+# --- monitoring (Prometheus Operator) ------------------------------------------------------------
+
+
+def _monitoring(kind: str) -> Obj:
+    return _one(_render("production"), kind)
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PrometheusRule"])
+def test_monitoring_objects_validate_against_the_operator_models(kind: str) -> None:
+    """The models are generated from the Prometheus Operator's CRDs. Strict like the Kubernetes
+    schemas above: wrong types fail validation, and a field the CRD does not know (a misspelt
+    `scrapeTimeout`) would be dropped on the round trip, so the dump must equal the object."""
+    from cloudcoil.models.prometheus_operator import v1
+
+    obj = _monitoring(kind)
+    assert obj["apiVersion"] == MONITORING_API + "v1"
+    model = getattr(v1, kind).model_validate(obj)
+    assert model.model_dump(by_alias=True, exclude_none=True, mode="json") == obj
+
+
+def test_the_models_catch_a_misspelt_field() -> None:
+    from cloudcoil.models.prometheus_operator import v1
+
+    obj = _monitoring("ServiceMonitor")
+    bad = json.loads(json.dumps(obj))
+    bad["spec"]["endpoints"][0]["scrapeTimout"] = "10s"
+    assert v1.ServiceMonitor.model_validate(bad).model_dump(by_alias=True, exclude_none=True, mode="json") != bad
+
+
+def test_the_service_monitor_scrapes_the_metrics_port_of_the_service() -> None:
+    objects = _render("production")
+    monitor = _one(objects, "ServiceMonitor")["spec"]
+    service = _one(objects, "Service")
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert [endpoint["port"] for endpoint in monitor["endpoints"]] == ["metrics"]
+    assert ports["metrics"]["port"] == METRICS_PORT and ports["metrics"]["targetPort"] == "metrics"
+    container_ports = {port["name"]: port["containerPort"] for port in _container(objects)["ports"]}
+    assert container_ports == {"http": PORT, "metrics": METRICS_PORT}
+    config = {k: v for k, v in (line.split("=", 1) for line in _config_lines())}
+    assert config["CALCINOSIS_METRICS_PORT"] == str(METRICS_PORT)
+
+
+def _config_lines() -> list[str]:
+    text = (KUSTOMIZE / "base" / "config.env").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_alert_rules_cover_the_documented_alerts_and_use_only_exported_metrics() -> None:
+    """Each alert's expression names metrics the service exports (a renamed metric would leave an
+    alert that can never fire)."""
+    from hooks.metrics import REGISTRY
+
+    exported = set()
+    for family in REGISTRY.collect():
+        exported.add(family.name)
+        exported.update(sample.name for sample in family.samples)
+        if family.type == "counter":
+            exported.add(family.name + "_total")
+        if family.type == "histogram":
+            exported.update(family.name + suffix for suffix in ("_bucket", "_count", "_sum"))
+    rules = [rule for group in _monitoring("PrometheusRule")["spec"]["groups"] for rule in group["rules"]]
+    expressions = {rule["alert"]: rule["expr"] for rule in rules}
+    assert set(expressions) == {
+        "CalcinosisCdsServerErrors",
+        "CalcinosisCdsSlowHookCalls",
+        "CalcinosisCdsAuthenticationFailures",
+        "CalcinosisCdsFhirFetchFailures",
+        "CalcinosisCdsStoreErrors",
+    }
+    for alert, expression in expressions.items():
+        names = set(re.findall(r"\b(calcinosis_[a-z_]+)", expression))
+        assert names, alert
+        assert names <= exported, f"{alert} uses {names - exported}"
+    assert 'status=~"5.."' in expressions["CalcinosisCdsServerErrors"]
+    assert "histogram_quantile(0.99" in expressions["CalcinosisCdsSlowHookCalls"]
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
+
+
+def test_the_release_version_is_written_once_and_the_image_tags_follow_it() -> None:
+    """`hooks.__version__` is the one place; the package metadata reads it, and the image tags
+    the deployment files deploy must name the same release."""
+    from hooks import __version__
+
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in pyproject and 'attr = "hooks.__version__"' in pyproject
+    assert not re.search(r'^version = "', pyproject, re.MULTILINE)
+    kustomization = yaml.safe_load((KUSTOMIZE / "base" / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert [image["newTag"] for image in kustomization["images"]] == [__version__]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
+    assert compose["services"]["calcinosis-cds"]["image"] == f"calcinosis-cds:{__version__}"
+    assert __version__ not in DOCKERFILE.read_text(encoding="utf-8")  # the build passes it as a label

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from redis.exceptions import RedisError
 
 from hooks.auth.errors import ReplayCacheUnavailableError
+from hooks.metrics import store_failed
 from hooks.stores import StoreConfigError
 
 log = logging.getLogger("calcinosis_cds.auth")
@@ -108,6 +109,7 @@ class RedisReplayCache:
             async with asyncio.timeout(self.timeout):
                 created = await self._redis.set(self._prefix + key, b"1", nx=True, ex=ttl)
         except (TimeoutError, OSError, RedisError) as error:
+            store_failed("replay_cache", "first_use")
             raise ReplayCacheUnavailableError(f"replay cache unavailable ({type(error).__name__})") from None
         return bool(created)
 

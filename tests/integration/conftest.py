@@ -88,6 +88,7 @@ def service_url() -> Iterator[str]:
         "CALCINOSIS_LOG_LEVEL": "WARNING",
         "CALCINOSIS_AUTH_DISABLED": "true",  # local use; authentication is tested in test_api_security.py
         "CALCINOSIS_FEEDBACK_DATABASE_URL": "memory://",
+        "CALCINOSIS_METRICS_PORT": "0",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "hooks.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
