@@ -104,6 +104,8 @@ class Statement:
     summary: str
     headline: str
     evidence: tuple[str, ...]
+    pattern: str = ""
+    """The pattern the summary names (it leads the summary, so no cut can remove it)."""
     missing: str | None = None
     next_step: str | None = None
     caution: str | None = None
@@ -410,21 +412,22 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
             evidence.append("Calcium or phosphate also raised (metastatic pattern coexists)")
         elif caxp:
             evidence.append(caxp)
-        who = "Dialysis patient" if risk.on_dialysis else "Patient"
-        lesion_word = (lesions[0].display or "ischemic skin lesion").lower() if lesions else ""
+        # The pattern leads: a long lesion name or many risk factors may be cut, the urgent words not.
+        pattern = "calciphylaxis"
+        who = "dialysis patient" if risk.on_dialysis else "patient"
+        factors = f"{len(risk.major)} major risk factor{'s' if len(risk.major) != 1 else ''}" if risk.major else ""
         if lesions:
-            summary = f"{who} with {lesion_word}"
-            if risk.major:
-                summary += f" and {len(risk.major)} major risk factor{'s' if len(risk.major) != 1 else ''}"
-            summary += ": consider calciphylaxis"
+            lesion_word = (lesions[0].display or "ischemic skin lesion").lower()
+            summary = f"Consider calciphylaxis: {who}" + (f" with {factors} and" if factors else " with")
+            summary += f" {lesion_word}"
         else:
             signal = assessment.calciphylaxis
-            listed = (
-                "calciphylaxis suspected on the problem list"
-                if signal is not None and signal.status is CalciphylaxisStatus.SUSPECTED
-                else "calciphylaxis on the problem list"
+            suspected = signal is not None and signal.status is CalciphylaxisStatus.SUSPECTED
+            summary = (
+                "Calciphylaxis suspected on the problem list" if suspected else "Calciphylaxis on the problem list"
             )
-            summary = f"{who} with {listed}" if risk.on_dialysis else listed[0].upper() + listed[1:]
+            if risk.on_dialysis:
+                summary += " of a dialysis patient"
             summary += ": review the risk factors; avoid biopsy of the lesions"
         headline = "Suspected calciphylaxis"
         caution = _biopsy_caution(kb)
@@ -439,6 +442,7 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
             evidence.append(caxp)
         metastatic = assessment.subtype(Subtype.METASTATIC)
         evidence += _finding(metastatic, "CC-MET-PTH", "CC-MET-VITD", "CC-MET-CAUSE", "CC-MET-CKD")[:1]
+        pattern = "severe hypercalcemia"
         summary = (
             f"Severe hypercalcemia (calcium at or above {kb.quantity('calcium-severe')}) with calcinosis cutis: "
             "consider metastatic calcification"
@@ -450,6 +454,7 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
     elif top is None:
         gate = next((s.missing for s in assessment.subtypes if s.missing), ())
         reason = gate[0] if gate else "calcium and phosphate"
+        pattern = "cannot classify the subtype"
         summary = f"Calcinosis cutis: cannot classify the subtype, missing {reason}"
         if next_item:
             summary += f"; consider {next_item.lower()}"
@@ -462,7 +467,7 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
         sources += ["Reiter-I"]
         further.append(_other_subtypes(assessment, None))
     else:
-        evidence, summary, headline = _subtype_words(assessment, kb, top, setting)
+        evidence, summary, headline, pattern = _subtype_words(assessment, kb, top, setting)
         next_step = f"Next: consider {next_item}." if next_item else None
         sources += [s for f in top.findings for s in f.sources]
         further.append(_other_subtypes(assessment, top.subtype))
@@ -486,6 +491,7 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
         summary=shorten(summary),
         headline=headline,
         evidence=tuple(evidence[:3]),
+        pattern=pattern,
         missing=missing,
         next_step=next_step,
         caution=caution,
@@ -496,9 +502,13 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
 
 def _subtype_words(
     assessment: Assessment, kb: KnowledgeBase, top: SubtypeAssessment, setting: str
-) -> tuple[list[str], str, str]:
-    """Evidence, summary and headline for the best-supported subtype."""
-    confidence = "pattern consistent with" if top.likelihood is Likelihood.LIKELY else "consider"
+) -> tuple[list[str], str, str, str]:
+    """Evidence, summary, headline and the pattern named for the best-supported subtype.
+
+    The summary leads with the pattern ("Pattern consistent with metastatic calcification: ...")
+    and follows with what supports it, so a long medication or condition name can only cut the
+    supporting words, never the pattern."""
+    confidence = "Pattern consistent with" if top.likelihood is Likelihood.LIKELY else "Consider"
     headline_lead = "Pattern consistent with" if top.likelihood is Likelihood.LIKELY else "Possible"
     name = SUBTYPE_NAMES[top.subtype]
     evidence: list[str] = []
@@ -521,7 +531,7 @@ def _subtype_words(
             strongest = f"phosphate {as_reported(phosphate)} above range"
         else:
             strongest = "raised calcium"
-        summary = f"Calcinosis cutis{where} with {strongest}: {confidence} {name}"
+        summary = f"{confidence} {name}: calcinosis cutis{where} with {strongest}"
     elif top.subtype is Subtype.DYSTROPHIC:
         causes = _first_evidence(top, "CC-DYS-CAUSE")
         labs = _calcium_line(assessment, kb)
@@ -529,15 +539,15 @@ def _subtype_words(
         if causes:
             cause = causes[0].display or "a tissue-damaging condition"
             evidence.append(record_line(causes[0], "On record: "))
-            summary = f"Calcinosis cutis with normal calcium and phosphate and {cause}: {confidence} {name}"
+            summary = f"{confidence} {name}: calcinosis cutis with normal calcium and phosphate and {cause}"
         elif assessment.no_cause_recorded:
-            summary = "Calcinosis cutis with normal calcium and phosphate: no underlying cause is on record"
+            summary = "Calcinosis cutis with normal calcium and phosphate: no underlying cause on record"
             headline_lead, name = "Normal calcium and phosphate,", "no underlying cause on record"
             evidence.append("No connective tissue disease or other damaging condition is coded")
         else:
             summary = (
-                "Calcinosis cutis with normal calcium and phosphate and no underlying cause on record: "
-                "consider dystrophic or idiopathic calcinosis"
+                "Consider dystrophic or idiopathic calcinosis: calcinosis cutis with normal calcium and "
+                "phosphate and no underlying cause on record"
             )
             headline_lead, name = "Possible", "dystrophic or idiopathic calcinosis"
             evidence.append("No connective tissue disease or other damaging condition is coded")
@@ -554,14 +564,14 @@ def _subtype_words(
         evidence += [
             f"{f.evidence[0].display or 'Exposure'}, {day(f.evidence[0].date)}" for f in exposures[:2] if f.evidence
         ]
-        summary = f"Calcinosis cutis after {label}{' on ' + when if when else ''}: {confidence} {name}"
+        summary = f"{confidence} {name}: calcinosis cutis after {label}{' on ' + when if when else ''}"
         labs = _calcium_line(assessment, kb)
         if labs:
             evidence.append(labs)
     elif top.subtype is Subtype.IDIOPATHIC:
         summary = (
-            "Calcinosis cutis with normal calcium and phosphate and no cause or exposure on record: "
-            f"{confidence} {name}"
+            f"{confidence} {name}: calcinosis cutis with normal calcium and phosphate and no cause or "
+            "exposure on record"
         )
         labs = _calcium_line(assessment, kb)
         phosphate = _phosphate_evidence(assessment)
@@ -570,12 +580,13 @@ def _subtype_words(
         if phosphate is not None:
             evidence.append(lab_line(phosphate))
         evidence.append("A diagnosis of exclusion: no recorded cause, exposure or advanced kidney disease")
-    else:  # calciphylaxis possible without a skin signal: stated as elevated risk elsewhere
-        summary = f"Calcinosis cutis{where}: {confidence} {name}"
+    else:  # calciphylaxis possible without a skin signal: elevated risk, never "possible calciphylaxis" (9)
+        summary = f"Elevated calciphylaxis risk: calcinosis cutis{where}; examine the skin for ischemic lesions"
+        headline_lead, name = "", "Elevated calciphylaxis risk"
         evidence += [f.statement for f in top.findings if f.supports][:2]
     if assessment.suspected_only:
         summary = f"Suspected calcinosis cutis: if confirmed, consider {name}"
-    return evidence, summary, f"{headline_lead} {name}"
+    return evidence, summary, f"{headline_lead} {name}".strip(), name
 
 
 # ----- the workup card ---------------------------------------------------------------------------

@@ -17,10 +17,13 @@ from typing import Any
 
 import pytest
 
-from calcinosis.statements import DETAIL_BUDGET
+from calcinosis.knowledge_base import default_knowledge
+from calcinosis.statements import DETAIL_BUDGET, SUMMARY_LIMIT, card_statements, suspected_calciphylaxis
+from fhir_mapping import assess_resources
 from hooks.service import CalcinosisService
 from hooks.settings import Settings
 from tests.charts import Chart
+from tests.fhir_chart import ICD10
 from tests.scenario_library import LibraryChart, library
 
 INTERNAL = re.compile(
@@ -112,8 +115,8 @@ def test_no_risk_factors_for_a_child_without_kidney_disease() -> None:
 def test_suspected_calciphylaxis_leads_as_a_warning_with_the_biopsy_caution() -> None:
     subtype = response("chart-dialysis-necrotic-ulcer")["cards"][0]
     assert subtype["indicator"] == "warning"
-    assert subtype["summary"].startswith("Dialysis patient with necrotic ulcer")
-    assert "consider calciphylaxis" in subtype["summary"]
+    assert subtype["summary"].startswith("Consider calciphylaxis: dialysis patient")
+    assert "necrotic ulcer" in subtype["summary"]
     assert "Avoid skin biopsy" in subtype["detail"]
     first_screen = subtype["detail"].split("\n\n")[0]
     assert "Suspected calciphylaxis" in first_screen and "risk factors" in first_screen
@@ -141,3 +144,85 @@ def test_draft_orders_carry_no_note() -> None:
                 resource = suggestion["actions"][0]["resource"]
                 assert "note" not in resource
                 assert resource["code"]["text"]
+
+
+# ----- the summary leads with the pattern, so no cut removes it ----------------------------------
+
+
+@pytest.mark.parametrize("name", [c.name for c in LIBRARY])
+def test_every_summary_names_its_pattern_within_the_limit(name: str) -> None:
+    """Each subtype summary carries the pattern it is about, inside the 140-character limit; a
+    suspected calciphylaxis card says "calciphylaxis" before anything that could be cut."""
+    chart = next(c for c in LIBRARY if c.name == name)
+    assessment = assess_resources(chart.resources, chart.as_of, chart.patient_id).assessment
+    if assessment is None:
+        return
+    statement = card_statements(assessment, default_knowledge()).subtype
+    assert statement.pattern, name
+    assert len(statement.summary) <= SUMMARY_LIMIT
+    assert statement.pattern.lower() in statement.summary.lower(), (statement.pattern, statement.summary)
+    assert response(name)["cards"][0]["summary"] == statement.summary
+    if suspected_calciphylaxis(assessment):
+        assert "calciphylaxis" in statement.summary.split(":")[0].lower(), statement.summary
+
+
+LONG_TAIL = (
+    ", surrounding violaceous retiform purpura extending from the left medial thigh over the buttock and"
+    " flank, exquisitely painful, enlarging over three weeks despite dressings"
+)
+
+
+@pytest.mark.parametrize("tail", ["", LONG_TAIL], ids=["short-lesion-name", "long-lesion-name"])
+def test_a_long_lesion_name_does_not_push_calciphylaxis_out_of_the_summary(tail: str) -> None:
+    """The scenario that was cut before "consider calciphylaxis": a necrotic ulcer recorded as text
+    with a long description. Short, the whole lesion is in the summary; long, the lesion words are
+    cut at a word boundary and the pattern still leads."""
+    chart = Chart("long-lesion", birth_date="1955-09-09")
+    chart.calcinosis(body_sites=["left thigh"])
+    chart.condition(None, text="Necrotic ulcer with black eschar" + tail, body_sites=["Left thigh"])
+    chart.condition("N18.6", ICD10, "End stage renal disease")
+    chart.dialysis(since_days=6 * 365)
+    chart.medication("Warfarin Sodium 5 MG Oral Tablet", 400, rxnorm="855332")
+    chart.mineral_panel(9.5, 3.2, 6.2, egfr=None)
+    assessment = chart.assess()
+    assert assessment is not None and suspected_calciphylaxis(assessment)
+    summary = card_statements(assessment, default_knowledge()).subtype.summary
+    assert len(summary) <= SUMMARY_LIMIT
+    assert summary.startswith("Consider calciphylaxis: dialysis patient with ")
+    if tail:
+        assert len("Consider calciphylaxis: " + tail) > SUMMARY_LIMIT, "the lesion name really is long"
+        assert summary.endswith("…") and "necrotic ulcer with black eschar" in summary
+    else:
+        assert summary.endswith("necrotic ulcer with black eschar")
+
+
+@pytest.mark.parametrize("long_name", [False, True], ids=["short-name", "long-name"])
+def test_long_medication_or_condition_names_cut_only_the_supporting_words(long_name: bool) -> None:
+    """An IV calcium product or a connective tissue disease with a long name: the pattern survives."""
+    extra = (
+        " in Sodium Chloride 0.9 % premixed infusion bag for peripheral administration, 1000 ML" if long_name else ""
+    )
+    iv = Chart("long-iv", birth_date="2026-02-01")
+    iv.calcinosis(onset_days_ago=10, body_sites=["Left forearm"])
+    iv.mineral_panel(9.6, 3.9, 5.0)
+    iv.medication(
+        "Calcium Gluconate 100 MG/ML Injectable Solution" + extra,
+        30,
+        kind="MedicationAdministration",
+        route="Intravenous",
+    )
+    ctd = Chart("long-ctd")
+    ctd.calcinosis(body_sites=["right index finger"])
+    disease = "Systemic sclerosis, CR(E)ST syndrome"
+    tail = " with digital ulcers, Raynaud phenomenon, sclerodactyly and telangiectasia of the face and hands"
+    ctd.condition("M34.1", ICD10, disease + (tail if long_name else ""))
+    ctd.mineral_panel(9.4, 4.1, 3.6)
+    for chart, pattern in (
+        (iv, "Pattern consistent with iatrogenic calcinosis: "),
+        (ctd, "Pattern consistent with dystrophic calcinosis: "),
+    ):
+        assessment = chart.assess()
+        assert assessment is not None
+        summary = card_statements(assessment, default_knowledge()).subtype.summary
+        assert summary.startswith(pattern) and len(summary) <= SUMMARY_LIMIT, summary
+        assert summary.endswith("…") is long_name, summary

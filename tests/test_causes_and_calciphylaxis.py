@@ -316,7 +316,7 @@ def test_suspected_calciphylaxis_heads_a_warning_card_and_elevated_risk_does_not
     assessment = suspected.assess()
     assert assessment is not None
     summary = subtype_summary(assessment)
-    assert summary.endswith("consider calciphylaxis") and "eschar" in summary
+    assert summary.startswith("Consider calciphylaxis: ") and "eschar" in summary
     card = subtype_card(assessment, KB, __import__("uuid").UUID(int=1))
     assert card.indicator == "warning"
     assert "Major risk factors" in (card.detail or "")

@@ -35,7 +35,7 @@ def test_evaluate_a_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str], b
     assert main(["evaluate", str(path)]) == 0
     response = json.loads(capsys.readouterr().out)
     HookResponse.model_validate(response)
-    assert response["cards"][0]["summary"].endswith("pattern consistent with dystrophic calcinosis")
+    assert response["cards"][0]["summary"].startswith("Pattern consistent with dystrophic calcinosis: ")
 
 
 def test_evaluate_a_cds_hooks_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

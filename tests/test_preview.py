@@ -28,7 +28,7 @@ def test_a_pasted_bundle_or_request_is_rendered_and_nothing_is_fetched() -> None
     chart.condition("M34.1", display="CR(E)ST syndrome")
     chart.mineral_panel(9.4, 4.1, 3.6)
     page = post(app, "/preview", chart.bundle(), {"Content-Type": "application/json"}).text
-    assert "pattern consistent with dystrophic calcinosis" in page
+    assert "Pattern consistent with dystrophic calcinosis" in page
     request = hook_request(chart, with_server=True)
     del request["prefetch"]
     page = post(app, "/preview", json.dumps(request), {"Content-Type": "application/json"}).text
