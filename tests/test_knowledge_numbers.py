@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, time
 from functools import cache
 from typing import Any
 
 import pytest
 
 from calcinosis.knowledge_base import KnowledgeBase, default_knowledge, format_number
+from calcinosis.orders import EncounterSetting, OrderKnowledge, load_order_knowledge
+from fhir_mapping.orders import check_draft_orders, read_draft_orders
+from hooks.models import HookResponse
+from hooks.order_cards import render_order_cards
+from hooks.sandbox_data import ANCHOR, load_order_scenarios, load_scenarios
 from hooks.service import CalcinosisService
 from hooks.settings import Settings
+from tests.charts import AS_OF, Chart
+from tests.fhir_chart import ICD10, LOINC
 from tests.scenario_library import library
 
 COMPARISON = r"(?:above|below|over|under|than|least|within|in|after|up to|from|to|>|<|≥|≤|>=|<=|or)"  # a limit follows
@@ -133,3 +142,162 @@ def test_a_reviewer_edit_changes_the_statement(key: str) -> None:
     assert edited.quantity(key).startswith(edited.number(key))
     for item in edited.workup:
         assert f"above {kb.quantity(key)}" not in item.reason
+
+
+# ----- order-sign: the same, for its prose and the re-test intervals of orders.json ---------------
+
+ORDER_PATIENT = "order-numbers"
+DRAFT_LABS = {
+    "17861-6": "Calcium [Mass/volume] in Serum or Plasma",
+    "2777-1": "Phosphate [Mass/volume] in Serum or Plasma",
+    "2731-8": "Parathyrin.intact [Mass/volume] in Serum or Plasma",
+    "62292-8": "25-Hydroxyvitamin D2+25-Hydroxyvitamin D3 [Mass/volume] in Serum or Plasma",
+    "1649-3": "1,25-Dihydroxyvitamin D [Mass/volume] in Serum or Plasma",
+    "6768-6": "Alkaline phosphatase [Enzymatic activity/volume] in Serum or Plasma",
+}
+INTERVAL_LINE = re.compile(r"Usual interval here: ([0-9,]+) (days|hours) \(([^)]*)\)")
+
+
+def order_windows(knowledge: OrderKnowledge) -> dict[str, tuple[float, str]]:
+    """Every re-test interval of orders.json as (value, unit): 'pth/G5' in days, 'pth/inpatient' in hours."""
+    windows: dict[str, tuple[float, str]] = {}
+    for window in knowledge.repeat_windows:
+        for band, days in window.outpatient_days.items():
+            windows[f"{window.id}/{band}"] = (days, "d")
+        if window.inpatient_hours is not None:
+            windows[f"{window.id}/inpatient"] = (window.inpatient_hours, "h")
+    return windows
+
+
+def moved_order_knowledge(kb: KnowledgeBase) -> OrderKnowledge:
+    """orders.json with every re-test interval and threshold moved to a value nothing else has."""
+    base = load_order_knowledge(kb)
+    olds = {format_number(t.value) for t in default_knowledge().thresholds.values()}
+    olds |= {format_number(v) for v, _ in order_windows(base).values()}
+    olds |= {format_number(v) for v in base.thresholds.values()}
+
+    def whole(value: float) -> int:
+        moved = int(value) + 17
+        while format_number(moved) in olds:
+            moved += 1
+        return moved
+
+    windows = tuple(
+        replace(
+            window,
+            inpatient_hours=whole(window.inpatient_hours) if window.inpatient_hours is not None else None,
+            outpatient_days={band: whole(days) for band, days in window.outpatient_days.items()},
+        )
+        for window in base.repeat_windows
+    )
+    thresholds = {key: round(value * 1.37 + 0.013, 3) for key, value in base.thresholds.items()}
+    retention = max(base.lab_retention_days, *(whole(d) for w in windows for d in w.outpatient_days.values())) + 1
+    return replace(base, repeat_windows=windows, thresholds=thresholds, lab_retention_days=retention)
+
+
+def _draft_labs() -> dict[str, Any]:
+    orders = [
+        {
+            "resourceType": "ServiceRequest",
+            "id": f"draft-{index}",
+            "status": "draft",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{ORDER_PATIENT}"},
+            "code": {"coding": [{"system": LOINC, "code": code, "display": text}], "text": text},
+        }
+        for index, (code, text) in enumerate(DRAFT_LABS.items())
+    ]
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": o} for o in orders]}
+
+
+def _repeat_charts() -> list[tuple[str, Chart, EncounterSetting]]:
+    """Charts whose every draft lab has a recent result: on dialysis, in CKD G3 and G4, without
+    CKD, as an out-patient and in hospital, so each band of each interval is stated somewhere."""
+
+    def labs(chart: Chart, days_ago: float) -> Chart:
+        chart.lab("17861-6", 9.4, "mg/dL", days_ago, low=8.5, high=10.2)
+        chart.lab("1751-7", 4.0, "g/dL", days_ago)
+        chart.lab("2777-1", 4.0, "mg/dL", days_ago, low=2.5, high=4.5)
+        chart.lab("2731-8", 40, "pg/mL", days_ago, low=15, high=65)
+        chart.lab("62292-8", 32, "ng/mL", days_ago, low=30, high=100)
+        chart.lab("1649-3", 40, "pg/mL", days_ago, low=18, high=72)
+        chart.lab("6768-6", 80, "U/L", days_ago, low=40, high=130)
+        return chart
+
+    charts: list[tuple[str, Chart, EncounterSetting]] = []
+    for encounter, days_ago in ((EncounterSetting.AMBULATORY, 20), (EncounterSetting.INPATIENT, 1)):
+        dialysis = Chart(ORDER_PATIENT)
+        dialysis.calcinosis()
+        dialysis.condition("Z99.2", ICD10, "Dependence on renal dialysis")
+        dialysis.dialysis(since_days=400, sessions_every=200)
+        charts.append((f"dialysis-{encounter.value}", labs(dialysis, days_ago), encounter))
+    for name, egfr in (("g3", 50), ("g4", 22), ("none", 95)):
+        chart = Chart(ORDER_PATIENT)
+        chart.calcinosis()
+        chart.lab("98979-8", egfr, "mL/min/{1.73_m2}", 200)
+        chart.lab("98979-8", egfr, "mL/min/{1.73_m2}", 20)
+        charts.append((f"ckd-{name}", labs(chart, 20), EncounterSetting.AMBULATORY))
+    return charts
+
+
+@cache
+def order_text(moved: bool) -> str:
+    """Everything the order-sign cards of the sandbox draft-order scenarios and the repeat-lab
+    charts say (extension excluded), under the packaged or the moved knowledge base."""
+    kb = moved_knowledge() if moved else default_knowledge()
+    knowledge = moved_order_knowledge(kb) if moved else load_order_knowledge(kb)
+    terminology = _service(False).terminology
+    calls: list[tuple[list[dict[str, Any]], dict[str, Any], str, datetime, EncounterSetting]] = []
+    patients = {s.patient_id: s for s in load_scenarios()}
+    anchor = datetime.combine(ANCHOR, time(12), tzinfo=UTC)
+    for scenario in load_order_scenarios(patients=list(patients.values())):
+        resources = [e["resource"] for e in patients[scenario.patient_id].bundle.get("entry", [])]
+        calls.append((resources, scenario.draft_orders, scenario.patient_id, anchor, EncounterSetting.UNKNOWN))
+    for _, chart, encounter in _repeat_charts():
+        calls.append((chart.resources, _draft_labs(), ORDER_PATIENT, AS_OF, encounter))
+    texts: list[str] = []
+    for resources, draft_bundle, patient_id, as_of, encounter in calls:
+        drafts = read_draft_orders(draft_bundle, terminology, resources)
+        result = check_draft_orders(
+            resources, drafts, as_of, patient_id, terminology, kb, knowledge, encounter=encounter
+        )
+        cards = render_order_cards(result.check, kb, knowledge, uuid.UUID(int=7))
+        texts.extend(seen_text(HookResponse(cards=cards).wire()))
+    return "\n".join(texts)
+
+
+def test_order_sign_states_the_moved_intervals_never_the_old_ones() -> None:
+    """A clinician who edits a re-test interval of orders.json (or a look-back of thresholds.json
+    that caps it) sees the new number on the repeat-lab card, and no card keeps the old one."""
+    kb = default_knowledge()
+    original, moved = order_text(False), order_text(True)
+    old_windows = order_windows(load_order_knowledge(kb))
+    new_windows = order_windows(moved_order_knowledge(moved_knowledge()))
+    stated_before = {int(m.group(1).replace(",", "")) for m in INTERVAL_LINE.finditer(original)}
+    stated_after = {int(m.group(1).replace(",", "")) for m in INTERVAL_LINE.finditer(moved)}
+    caps = {k: t for k, t in kb.thresholds.items() if t.unit in ("d", "h")}
+    old_numbers = {v for v, _ in old_windows.values()} | {t.value for t in caps.values()}
+    new_numbers = {v for v, _ in new_windows.values()} | {moved_value(k, kb) for k in caps}
+    # The check bites: several distinct intervals are stated with the packaged tables ...
+    assert len(stated_before) >= 4 and stated_before <= old_numbers, stated_before
+    # ... and after the move every stated interval is a moved number, none an old one.
+    assert len(stated_after) >= 4 and stated_after <= new_numbers, (stated_after, new_numbers)
+    assert not stated_after & old_numbers
+    stale = []
+    for key, (value, unit) in old_windows.items():
+        for match in limit_pattern(format_number(value), unit).finditer(moved):
+            stale.append(f"{key}={format_number(value)}: ...{moved[max(0, match.start() - 60) : match.end() + 20]}...")
+    for key, threshold in kb.thresholds.items():
+        for match in limit_pattern(format_number(threshold.value), threshold.unit).finditer(moved):
+            stale.append(f"{key}: ...{moved[max(0, match.start() - 60) : match.end() + 20]}...")
+    assert not stale, "order-sign statements still carry old numbers:\n" + "\n".join(stale)
+
+
+def test_order_sign_prose_carries_no_window_of_its_own() -> None:
+    """The reason given for an interval names no number (the number is the interval's, from the
+    data), and no order-sign text spells a window in weeks, months or years typed into prose."""
+    for text in (order_text(False), order_text(True)):
+        bases = [m.group(3) for m in INTERVAL_LINE.finditer(text)]
+        assert bases
+        assert not [b for b in bases if re.search(r"(?<!G)[0-9]", b)], bases  # CKD stage names aside
+        assert not re.search(r"\b[0-9]+(?:[-–][0-9]+)? (?:weeks?|months?)\b", text), text
