@@ -61,7 +61,9 @@ def _gout(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]:
             lowered.append(
                 RuleFinding(
                     "DX-GOUT-URATE-NORMAL",
-                    f"Uric acid {urate.reported} within range (lowers but does not exclude tophi: normal in 3 of 7 in one aspiration series)",
+                    f"Uric acid {urate.reported} within range (lowers but does not exclude tophi: normal in "
+                    f"{ctx.kb.number('tophi-normal-urate-count')} of {ctx.kb.number('tophi-series-size')} "
+                    "in one aspiration series)",
                     (lab_evidence(urate),),
                     sources,
                     supports=False,

@@ -28,6 +28,10 @@ UNIT_DISPLAY = {
     "d": "days",
     "a": "years",
     "h": "h",
+    "mo": "months",
+    "%": "%",
+    "1": "",
+    "patients": "patients",
 }
 
 #: `{threshold-id}` in knowledge prose (workup reasons, separating tests) is replaced at load time
@@ -147,7 +151,7 @@ class KnowledgeBase:
         unit = display_unit(threshold.unit)
         if threshold.value == 1 and unit in ("years", "days", "hours"):
             unit = unit[:-1]  # "1 year", not "1 years"
-        return f"{format_number(threshold.value)} {unit}"
+        return f"{format_number(threshold.value)} {unit}".strip()
 
     def days(self, threshold_id: str) -> int:
         """A look-back window or duration in whole days (thresholds with unit `d`)."""

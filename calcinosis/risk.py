@@ -293,7 +293,13 @@ def assess_risk(ctx: PatientContext) -> CalciphylaxisRisk:
 
     if ctx.findings.sex is Sex.FEMALE:
         additional.append(
-            RiskFactor("female-sex", "Female sex (OR 6.04 in one ESRD cohort)", "additional", (), ("Mazhar-2001",))
+            RiskFactor(
+                "female-sex",
+                f"Female sex (OR {kb.number('female-sex-calciphylaxis-odds-ratio')} in one ESRD cohort)",
+                "additional",
+                (),
+                kb.threshold("female-sex-calciphylaxis-odds-ratio").sources,
+            )
         )
 
     if not kidney.on_dialysis:

@@ -430,9 +430,13 @@ def iatrogenic_exposures(ctx: PatientContext) -> tuple[list[RuleFinding], list[R
             strong.append(
                 RuleFinding(
                     "CC-IAT-HEEL",
-                    "Heel sticks in infancy: heel-stick calcinosis appears at 4-12 months and resolves by 18-30 months",
+                    ctx.kb.phrase(
+                        "Heel sticks in infancy: heel-stick calcinosis appears at {heel-stick-onset-months-from#}-"
+                        "{heel-stick-onset-months-to} and resolves by {heel-stick-resolution-months-from#}-"
+                        "{heel-stick-resolution-months-to}"
+                    ),
                     (procedure_evidence(procedure),),
-                    ("Heel-stick", "DermNet"),
+                    ctx.kb.threshold("heel-stick-onset-months-from").sources,
                 )
             )
     return strong, weak + weak_against

@@ -12,17 +12,20 @@ values in the same statements, and with the moved one they find the new values.
 
 from __future__ import annotations
 
+import ast
 import re
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, time
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from calcinosis.knowledge_base import KnowledgeBase, default_knowledge, format_number
 from calcinosis.orders import EncounterSetting, OrderKnowledge, load_order_knowledge
+from fhir_mapping import assess_resources
 from fhir_mapping.orders import check_draft_orders, read_draft_orders
 from hooks.models import HookResponse
 from hooks.order_cards import render_order_cards
@@ -301,3 +304,89 @@ def test_order_sign_prose_carries_no_window_of_its_own() -> None:
         assert bases
         assert not [b for b in bases if re.search(r"(?<!G)[0-9]", b)], bases  # CKD stage names aside
         assert not re.search(r"\b[0-9]+(?:[-–][0-9]+)? (?:weeks?|months?)\b", text), text
+
+
+# ----- figures reported by a source are data too ----------------------------------------------------
+
+SOURCE_FIGURES = (
+    "female-sex-calciphylaxis-odds-ratio",
+    "tophi-normal-urate-count",
+    "tophi-series-size",
+    "heel-stick-onset-months-from",
+    "heel-stick-onset-months-to",
+    "heel-stick-resolution-months-from",
+    "heel-stick-resolution-months-to",
+    "bone-scintigraphy-sensitivity",
+)
+
+
+def _figure_statements(kb: KnowledgeBase) -> str:
+    """The statements that quote a source's figure: the female-sex risk factor, a normal uric
+    acid against gouty tophi, the course of heel-stick calcinosis, the bone scan's sensitivity."""
+    dialysis = Chart("figures-dialysis", gender="female", birth_date="1950-01-01")
+    dialysis.calcinosis()
+    dialysis.condition(None, text="Necrotic ulcer with black eschar, left thigh")
+    dialysis.condition("N18.6", ICD10, "End stage renal disease")
+    dialysis.dialysis(since_days=6 * 365)
+    dialysis.medication("Warfarin Sodium 5 MG Oral Tablet", 400, rxnorm="855332")
+    dialysis.mineral_panel(9.5, 3.2, 6.2, egfr=None)
+    gout = Chart("figures-gout", gender="male", birth_date="1960-01-01")
+    gout.calcinosis(body_sites=["left elbow"])
+    gout.condition("M10.9", ICD10, "Gout, unspecified")
+    gout.lab("3084-1", 5.1, "mg/dL", 20, low=3.5, high=7.2)
+    gout.mineral_panel(9.2, 4.2, 3.4, 20)
+    infant = Chart("figures-heel", gender="female", birth_date="2025-09-01")
+    infant.calcinosis(onset_days_ago=20, body_sites=["left heel"])
+    infant.procedure("Heel stick capillary blood sampling", 200)
+    infant.mineral_panel(9.9, 4.0, 5.6, 20, egfr=None)
+    texts: list[str] = []
+    for chart in (dialysis, gout, infant):
+        assessment = assess_resources(chart.resources, AS_OF, chart.patient_id, knowledge=kb).assessment
+        assert assessment is not None
+        texts += [f.statement for s in assessment.subtypes for f in s.findings]
+        texts += [f.statement for d in assessment.differentials for f in d.raised_by + d.lowered_by]
+        texts += [factor.label for factor in assessment.calciphylaxis_risk.additional]
+    texts += [item.reason for item in kb.workup if item.id == "bone-scintigraphy"]
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize("key", SOURCE_FIGURES)
+def test_a_figure_quoted_from_a_source_is_read_from_the_knowledge_base(key: str) -> None:
+    """'OR 6.04', '3 of 7', '4-12 months', '89%' are a source's figures: they live in
+    thresholds.json with that source, and the statement quoting them follows an edit."""
+    kb = default_knowledge()
+    assert kb.threshold(key).sources, key
+    before = _figure_statements(kb)
+    old = kb.number(key)
+    figure = re.compile(rf"(?<![0-9.,]){re.escape(old)}(?![0-9]|[.,][0-9])")
+    assert figure.search(before), f"{key}={old} is quoted somewhere"
+    edited = kb.with_thresholds({key: moved_value(key, kb)})
+    after = _figure_statements(edited)
+    assert edited.number(key) in after, (key, after)
+    assert len(figure.findall(after)) < len(figure.findall(before)), f"{key}: the old figure is still quoted"
+
+
+def test_no_source_figure_is_typed_into_rule_or_card_prose() -> None:
+    """Odds ratios, 'n of m', percentages and month ranges in the rules' and cards' string
+    literals would escape an edit of the knowledge base: there are none."""
+    shapes = re.compile(r"\bOR [0-9]|\b[0-9]+ of [0-9]+\b|[0-9] ?%|\b[0-9]+(?:-[0-9]+)? (?:weeks?|months?)\b")
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in [
+        *sorted((root / "calcinosis").glob("*.py")),
+        root / "hooks" / "cards.py",
+        root / "hooks" / "order_cards.py",
+    ]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            literal = isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            if literal and shapes.search(str(node.value)):  # type: ignore[attr-defined]
+                found.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    assert not found, found
