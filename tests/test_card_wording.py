@@ -13,6 +13,7 @@ import json
 import re
 import uuid
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -226,3 +227,50 @@ def test_long_medication_or_condition_names_cut_only_the_supporting_words(long_n
         summary = card_statements(assessment, default_knowledge()).subtype.summary
         assert summary.startswith(pattern) and len(summary) <= SUMMARY_LIMIT, summary
         assert summary.endswith("…") is long_name, summary
+
+
+# ----- the knowledge files' clinician-facing text -------------------------------------------------
+
+KNOWLEDGE = Path(__file__).resolve().parents[1] / "calcinosis" / "knowledge"
+#: Per knowledge file, the fields whose text can reach a card, a suggestion, a draft order, a link
+#: label or the card's extension (provenance a reviewer reads there): every string beneath them.
+CLINICIAN_FACING = {
+    "workup.json": {"label", "reason", "caution", "code_note", "display"},
+    "differentials.json": {"label", "separating_test", "display"},
+    "orders.json": {"summary", "why", "alternative", "basis", "suggestion", "label", "override_reasons"},
+}
+
+
+def facing_strings(node: Any, fields: set[str], inside: bool = False, path: str = "") -> list[tuple[str, str]]:
+    """(where, text) of every string under a clinician-facing field."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, child in node.items():
+            found += facing_strings(child, fields, inside or key in fields, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            found += facing_strings(child, fields, inside, f"{path}[{index}]")
+    elif isinstance(node, str) and inside:
+        found.append((path, node))
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(CLINICIAN_FACING))
+def test_no_internal_vocabulary_in_the_knowledge_files_clinician_facing_text(name: str) -> None:
+    """Not only the responses of the library: any text of the knowledge base that a card, a
+    suggestion or a draft ServiceRequest can carry is free of internal words, including text no
+    library chart happens to reach today (a code's provenance, a rarely fired rule's wording)."""
+    data = json.loads((KNOWLEDGE / name).read_text(encoding="utf-8"))
+    strings = facing_strings(data, CLINICIAN_FACING[name])
+    assert len(strings) > 10, "the fields exist in the file"
+    found = [f"{where}: {text!r}" for where, text in strings if INTERNAL.search(text)]
+    assert not found, "\n".join(found)
+
+
+def test_link_labels_of_free_sources_carry_no_internal_words() -> None:
+    """Card links are labelled with the citation of sources marked as free links."""
+    sources = json.loads((KNOWLEDGE / "sources.json").read_text(encoding="utf-8"))["sources"]
+    linked = {key: entry["citation"] for key, entry in sources.items() if entry.get("link")}
+    assert linked
+    found = {key: citation for key, citation in linked.items() if INTERNAL.search(citation)}
+    assert not found, found
