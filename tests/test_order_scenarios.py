@@ -557,6 +557,96 @@ def test_repeat_windows_never_exceed_the_workup_look_back() -> None:
     assert check(chart, lab_order("1994-3", "Calcium ionized"), encounter=EncounterSetting.AMBULATORY) == []
 
 
+def dialysis_calcinosis_without_pth() -> Chart:
+    """Calcinosis on dialysis (the 15.5 PTH interval is 3 months) with no PTH result on file."""
+    chart = dialysis_calcinosis_chart(400)  # the only PTH result is far outside every interval
+    return chart
+
+
+PTH_TEXT = "Parathyrin.intact [Mass/volume] in Serum or Plasma"
+
+
+@pytest.mark.parametrize(
+    ("status", "days_ago", "card"),
+    [
+        ("active", 10, True),
+        ("active", 89, True),  # G5D PTH interval: 3 months
+        ("active", 91, False),
+        ("completed", 10, False),
+        ("revoked", 10, False),
+        ("draft", 10, False),
+        ("on-hold", 10, False),
+    ],
+)
+def test_a_pending_order_for_the_same_test_counts_as_on_file(status: str, days_ago: float, card: bool) -> None:
+    """15.5: "on file" is a result or an active order for the same test not yet resulted."""
+    chart = dialysis_calcinosis_without_pth()
+    placed = chart.lab_ordered("2731-8", PTH_TEXT, days_ago, status=status)
+    advice = check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY)
+    assert bool(advice) is card, [a.summary for a in advice]
+    if card:
+        item = one(advice)
+        assert (item.kind, item.indicator, item.rule_id) == ("repeat-lab", "info", "repeat-pth-pending")
+        assert item.summary == (
+            f"PTH already ordered on {when(days_ago)[:10]}, result not yet on file. Is a second order needed?"
+        )
+        assert item.delete_draft and item.order.reference == "ServiceRequest/draft-lab"
+        assert item.repeat_of is not None and item.repeat_of.reference == f"ServiceRequest/{placed['id']}"
+
+
+def test_a_pending_order_with_a_result_already_on_the_chart_is_not_pending() -> None:
+    """An order whose result arrived (an Observation based on it) is no longer pending: the
+    result itself decides (here it is outside the interval, so no card)."""
+    chart = dialysis_calcinosis_without_pth()
+    placed = chart.lab_ordered("2731-8", PTH_TEXT, 120)
+    old_result = chart.lab("2731-8", 410, "pg/mL", 118, low=150, high=600)
+    old_result["basedOn"] = [{"reference": f"ServiceRequest/{placed['id']}"}]
+    placed["authoredOn"] = when(10)  # still active on the chart, but resulted
+    assert check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY) == []
+
+
+def test_a_pending_order_of_another_test_or_a_proposal_is_not_a_repeat() -> None:
+    chart = dialysis_calcinosis_without_pth()
+    chart.lab_ordered("2777-1", "Phosphate [Mass/volume] in Serum or Plasma", 10)
+    chart.lab_ordered("2731-8", PTH_TEXT, 10, intent="proposal")
+    assert check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY) == []
+
+
+def test_a_pending_order_is_no_repeat_when_treatment_changed_since_it_was_placed() -> None:
+    chart = dialysis_calcinosis_without_pth()
+    chart.lab_ordered("2731-8", PTH_TEXT, 20)
+    chart.medication("cinacalcet 30 MG tablet", 10)
+    assert check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY) == []
+
+
+def test_the_draft_itself_on_the_chart_is_not_its_own_repeat() -> None:
+    """An EHR may already hold the order being signed; it never counts against itself."""
+    chart = dialysis_calcinosis_without_pth()
+    chart.add_service_request(
+        "draft-lab", {"coding": [{"system": LOINC, "code": "2731-8"}]}, status="active", authored=when(0.01)
+    )
+    assert check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY) == []
+
+
+def test_a_result_on_file_is_named_before_a_pending_order() -> None:
+    chart = dialysis_calcinosis_chart(20)
+    chart.lab_ordered("2731-8", PTH_TEXT, 5)
+    item = one(check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY))
+    assert item.rule_id == "repeat-pth" and item.summary.startswith("PTH result on file from")
+
+
+def test_pending_orders_in_hospital_use_the_inpatient_interval() -> None:
+    """Phosphate in hospital: 48 hours; an order placed a day ago is a repeat, three days ago not."""
+    for days_ago, card in ((1, True), (3, False)):
+        chart = dialysis_calcinosis_without_pth()
+        chart.lab_ordered("2777-1", "Phosphate", days_ago)
+        for lab in chart.of_type("Observation"):
+            if lab["code"]["coding"][0]["code"] == "2777-1":
+                lab["effectiveDateTime"] = when(300)
+        order = lab_order("2777-1", "Phosphate [Mass/volume] in Serum or Plasma")
+        assert bool(check(chart, order, encounter=EncounterSetting.INPATIENT)) is card
+
+
 # ----- reading draft orders ---------------------------------------------------------------------
 
 
