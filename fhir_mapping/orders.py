@@ -187,6 +187,9 @@ class DraftOrderReader:
         words = " ".join(texts).lower()
         classes = tuple(resolution.classes)
         excluded = next((why for cls, why in EXCLUDING.items() if cls in classes), None)
+        if DrugClass.PARENTERAL_NUTRITION in classes:
+            every_text = " ".join([words, *(t for item, _ in concepts for t in _texts(item))]).lower()
+            classes, excluded = _parenteral_nutrition(classes, every_text, resolution)
         binder = DrugClass.CALCIUM_BASED_BINDER in classes and (
             "calcium acetate" in words
             or DrugClass.CALCIUM_SUPPLEMENT not in classes
@@ -238,6 +241,24 @@ class DraftOrderReader:
             stops=request.get("status") in NOT_ADDING,
             resolved_by=tuple(how),
         )
+
+
+#: Classes that say a parenteral nutrition order carries calcium.
+CALCIUM_CLASSES = frozenset({DrugClass.IV_CALCIUM, DrugClass.CALCIUM_SUPPLEMENT, DrugClass.CALCIUM_BASED_BINDER})
+_CALCIUM_WORD = re.compile(r"(?<![a-z])calcium(?![a-z])")
+
+
+def _parenteral_nutrition(
+    classes: tuple[DrugClass, ...], words: str, resolution: _Resolution
+) -> tuple[tuple[DrugClass, ...], str | None]:
+    """15.0: parenteral nutrition is never a card because it lists calcium or a phosphate salt
+    (it is not IV calcium for 15.3, nor a supplement for 15.1, nor a multivitamin to exclude
+    whole); with added calcium it is checked only against 15.2. So the order is read as
+    parenteral nutrition with calcium, or as nothing the tables name."""
+    if any(c in CALCIUM_CLASSES for c in classes) or _CALCIUM_WORD.search(words):
+        resolution.how.append("parenteral-nutrition: calcium added (an ingredient or the order's text)")
+        return (DrugClass.PARENTERAL_NUTRITION,), None
+    return (), "parenteral nutrition without added calcium"
 
 
 def short_name(label: str) -> str:

@@ -360,6 +360,100 @@ def test_multivitamin_with_calcium_and_vitamin_d_is_silent() -> None:
     assert check(metastatic_chart(calcium=12.5), order) == []
 
 
+# ----- parenteral nutrition (15.0: only its added calcium, only against 15.2) ------------------
+
+PN_WITH_CALCIUM = (
+    "Parenteral nutrition (adult, central) with calcium gluconate 10 mEq, potassium phosphate 15 mmol",
+    "TPN 2-in-1 with calcium chloride 5 mEq and multivitamin infusion",
+    "Peripheral parenteral nutrition, calcium 4.5 mEq/L",
+)
+
+
+def iatrogenic_hypercalcemic_chart() -> Chart:
+    """Calcinosis after IV calcium gluconate, and calcium 11.2 mg/dL yesterday."""
+    chart = iatrogenic_chart()
+    chart.mineral_panel(11.2, 4.0, 3.9, days_ago=1)
+    return chart
+
+
+@pytest.mark.parametrize("text", PN_WITH_CALCIUM)
+def test_parenteral_nutrition_after_iv_calcium_calcinosis_is_not_an_iv_calcium_order(text: str) -> None:
+    """15.0: parenteral nutrition with added calcium is handled only in 15.2, so the 15.3 IV
+    calcium precautions (slow infusion, central vein, stop at the site) never fire on it: silent
+    with normal calcium, the 15.2 warning with hypercalcaemia."""
+    order = medication_order(text, route="intravenous")
+    assert check(iatrogenic_chart(), order) == []
+    advice = one(check(iatrogenic_hypercalcemic_chart(), order))
+    assert (advice.rule_id, advice.section, advice.indicator) == (
+        "metastatic-calcium-parenteral-nutrition",
+        "15.2",
+        "warning",
+    )
+    assert advice.summary == (
+        "Calcium 11.2 mg/dL on file: this parenteral nutrition adds calcium. Consider removing the calcium from the feed."
+    )
+    assert [c.value for c in advice.order.drug_classes] == ["parenteral-nutrition"]
+    assert advice.alternative is None
+
+
+@pytest.mark.parametrize(("calcium", "card"), [(11.2, True), (10.3, False)])
+def test_parenteral_nutrition_with_calcium_by_the_calcium_level(calcium: float, card: bool) -> None:
+    """The multivitamin in the bag does not exclude the order (it did before: a multivitamin
+    excludes a whole order); the calcium in it is what 15.2 reads."""
+    order = medication_order(PN_WITH_CALCIUM[1], route="intravenous")
+    advice = check(metastatic_chart(calcium=calcium), order)
+    assert bool(advice) is card
+    if card:
+        assert one(advice).rule_id == "metastatic-calcium-parenteral-nutrition"
+
+
+def test_parenteral_nutrition_without_calcium_or_for_calciphylaxis_is_silent() -> None:
+    """Its phosphate salt is no phosphate order (15.0), even with phosphate above the range; and
+    15.1 (calciphylaxis) does not read parenteral nutrition at all."""
+    no_calcium = medication_order("Total parenteral nutrition with potassium phosphate 20 mmol", route="intravenous")
+    assert check(metastatic_chart(calcium=9.4, phosphate=7.9), no_calcium) == []
+    assert check(iatrogenic_chart(), no_calcium) == []
+    with_calcium = medication_order(PN_WITH_CALCIUM[0], route="intravenous")
+    assert check(calciphylaxis_chart(), with_calcium) == []
+
+
+def test_parenteral_nutrition_with_calcium_as_a_contained_ingredient() -> None:
+    """The calcium may be named only among the ingredients of a contained Medication."""
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "draft-pn",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{PATIENT}"},
+        "medicationReference": {"reference": "#pn"},
+        "contained": [
+            {
+                "resourceType": "Medication",
+                "id": "pn",
+                "code": {"text": "Parenteral nutrition, compounded"},
+                "ingredient": [
+                    {"itemCodeableConcept": {"text": "Amino acids 10%"}},
+                    {"itemCodeableConcept": {"text": "Dextrose 70%"}},
+                    {"itemCodeableConcept": {"text": "Calcium gluconate"}},
+                ],
+            }
+        ],
+    }
+    advice = one(check(iatrogenic_hypercalcemic_chart(), order))
+    assert advice.rule_id == "metastatic-calcium-parenteral-nutrition"
+    assert check(iatrogenic_chart(), order) == []
+
+
+def test_parenteral_nutrition_names_are_whole_words() -> None:
+    """'TPN' is matched as a word; a plain IV calcium gluconate order is still IV calcium (15.3)."""
+    (tpn,) = read_draft_orders(bundle(medication_order("TPN adult with calcium gluconate")))
+    assert [c.value for c in tpn.drug_classes] == ["parenteral-nutrition"]
+    (plain,) = read_draft_orders(bundle(medication_order("calcium gluconate 100 MG/ML injection (stpn)")))
+    assert "parenteral-nutrition" not in [c.value for c in plain.drug_classes]
+    advice = one(check(iatrogenic_chart(), medication_order("calcium gluconate 100 MG/ML injection", route="iv")))
+    assert advice.rule_id == "iatrogenic-calcium-gluconate"
+
+
 # ----- 15.3 prior iatrogenic calcinosis -------------------------------------------------------
 
 
