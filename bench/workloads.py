@@ -242,9 +242,11 @@ class Chart(FhirChart):
         self.name = name
         self.resources = resources
 
-    def prefetch(self, ehr_base: str | None = EHR_BASE, name: str | None = None) -> dict[str, Any]:
+    def prefetch(
+        self, ehr_base: str | None = EHR_BASE, name: str | None = None, order_sign: bool = False
+    ) -> dict[str, Any]:
         """EHR-style prefetch: the Patient, and one searchset Bundle per template key."""
-        return super().prefetch(ehr_base, name or self.name)
+        return super().prefetch(ehr_base, name or self.name, order_sign)
 
     def request(self, *, prefetch: bool = True, fhir_server: str | None = None) -> dict[str, Any]:
         """A patient-view request (hookInstance = HOOK_INSTANCE_PLACEHOLDER)."""
@@ -263,10 +265,11 @@ class Chart(FhirChart):
         return orjson.dumps(self.request(**kwargs))
 
     def order_sign_request(self) -> dict[str, Any]:
-        """An order-sign request with the same prefetch (plus no encounter) and ten draft orders:
-        the orders a dialysis patient's clinician signs together, most of them ones section 15
-        names, so the whole order check runs."""
-        body = self.request()
+        """An order-sign request with the order-sign prefetch (the chart's, its active test orders,
+        no encounter) and ten draft orders: the orders a dialysis patient's clinician signs
+        together, most of them ones section 15 names, so the whole order check runs."""
+        body = self.request(prefetch=False)
+        body["prefetch"] = self.prefetch(order_sign=True)
         body["hook"] = "order-sign"
         body["context"]["draftOrders"] = {
             "resourceType": "Bundle",

@@ -184,6 +184,7 @@ class DrugClass(StrEnum):
     CALCIMIMETIC = "calcimimetic"
     CALCIUM_CONTAINING_FLUID = "calcium-containing-fluid"
     MULTIVITAMIN = "multivitamin"
+    PARENTERAL_NUTRITION = "parenteral-nutrition"
 
 
 class ProcedureKind(StrEnum):

@@ -105,6 +105,17 @@ class DraftOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingTest:
+    """A lab test already ordered for this patient and not yet resulted (an active order on the
+    chart). 15.5 counts it as "on file" like a result: ordering the same test again inside its
+    re-test interval duplicates it."""
+
+    reference: str
+    analytes: tuple[Analyte, ...]
+    authored: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class OrderRule:
     """One row of a section 15 table, as data."""
 
@@ -334,7 +345,7 @@ def load_order_knowledge(kb: KnowledgeBase | None = None) -> OrderKnowledge:
     card = data.get("repeat_lab_card")
     if not isinstance(card, dict):
         raise KnowledgeBaseError("orders.json: 'repeat_lab_card' must be an object")
-    for key in ("summary", "why", "suggestion"):
+    for key in ("summary", "why", "suggestion", "pending_summary", "pending_why", "pending_reported"):
         _text(card, key, "orders.json repeat_lab_card")
     _cited(card, "orders.json repeat_lab_card", kb)
     reasons: dict[str, tuple[tuple[str, str], ...]] = {}
@@ -620,8 +631,10 @@ def _repeat(
     knowledge: OrderKnowledge,
     encounter: EncounterSetting,
     drafts: tuple[DraftOrder, ...],
+    pending: tuple[PendingTest, ...] = (),
 ) -> OrderAdvice | None:
-    """15.5: a result of the same test inside its re-test interval, and none of the exclusions."""
+    """15.5: a result of the same test inside its re-test interval (or, without one, the same
+    test already ordered inside it and not yet resulted), and none of the exclusions."""
     if "gated" not in gates.settings or encounter in (EncounterSetting.EMERGENCY, EncounterSetting.INTENSIVE_CARE):
         return None
     for analyte in order.analytes:
@@ -633,6 +646,9 @@ def _repeat(
             continue
         last = ctx.latest(analyte, ctx.as_of - interval)
         if last is None:
+            ordered = _pending_repeat(order, analyte, window, interval, ctx, knowledge, drafts, pending)
+            if ordered is not None:
+                return ordered
             continue
         status, _ = ctx.judge(last, last.value or 0.0, None, None) if last.value is not None else (None, ())
         abnormal = status in (HIGH, LOW) or (last.interpretation is not None and last.interpretation.value != "normal")
@@ -660,6 +676,57 @@ def _repeat(
             repeat_of=evidence,
         )
     return None
+
+
+def _pending_repeat(
+    order: DraftOrder,
+    analyte: Analyte,
+    window: RepeatWindow,
+    interval: timedelta,
+    ctx: PatientContext,
+    knowledge: OrderKnowledge,
+    drafts: tuple[DraftOrder, ...],
+    pending: tuple[PendingTest, ...],
+) -> OrderAdvice | None:
+    """15.5: the same test ordered inside the interval and not yet resulted ("an active
+    ServiceRequest for the same test"). The newest such order counts; a treatment started or
+    changed since it was placed may justify another, so then there is no card, as for a result."""
+    since = ctx.as_of - interval
+    earlier = sorted(
+        (
+            p
+            for p in pending
+            if analyte in p.analytes and p.reference != order.reference and since <= p.authored <= ctx.as_of
+        ),
+        key=lambda p: p.authored,
+        reverse=True,
+    )
+    if not earlier or _treatment_since(ctx, earlier[0].authored, knowledge, drafts):
+        return None
+    placed = earlier[0]
+    card = knowledge.repeat_card
+    test = window.labels[analyte]
+    evidence = Evidence(
+        reference=placed.reference,
+        code=None,
+        display=f"{test} order",
+        reported=str(card["pending_reported"]),
+        date=placed.authored,
+        kind=analyte.value,
+    )
+    return OrderAdvice(
+        order=order,
+        rule_id=f"repeat-{window.id}-pending",
+        section="15.5",
+        kind="repeat-lab",
+        indicator="info",
+        summary=str(card["pending_summary"]).format(test=test, date=placed.authored.date().isoformat()),
+        why=(str(card["pending_why"]), f"Usual interval here: {_interval(interval)} ({window.basis})."),
+        alternative=None,
+        evidence=(evidence,),
+        sources=tuple(dict.fromkeys(window.sources + tuple(card["sources"]))),
+        repeat_of=evidence,
+    )
 
 
 def _strictest(candidates: list[OrderAdvice]) -> OrderAdvice | None:
@@ -709,9 +776,11 @@ def check_orders(
     kb: KnowledgeBase | None = None,
     knowledge: OrderKnowledge | None = None,
     encounter: EncounterSetting = EncounterSetting.UNKNOWN,
+    pending: tuple[PendingTest, ...] = (),
 ) -> OrderCheck:
     """Advice for the draft orders of one order-sign call. Silent (no advice) unless the gate of
-    15.0 holds and some draft order is one the tables name."""
+    15.0 holds and some draft order is one the tables name. `pending` are the lab tests already
+    ordered and not yet resulted (15.5 counts them as on file)."""
     relevant = tuple(d for d in drafts if d.relevant)
     if not relevant:
         return OrderCheck(())
@@ -730,7 +799,7 @@ def check_orders(
             continue
         candidates = [a for rule in knowledge.rules if (a := _apply(rule, order, gates, knowledge)) is not None]
         if order.analytes:
-            repeat = _repeat(order, gates, ctx, kb, knowledge, encounter, drafts)
+            repeat = _repeat(order, gates, ctx, kb, knowledge, encounter, drafts, pending)
             if repeat is not None:
                 candidates.append(repeat)
         best = _strictest(candidates)
@@ -746,6 +815,7 @@ __all__ = [
     "OrderAdvice",
     "OrderCheck",
     "OrderKnowledge",
+    "PendingTest",
     "check_orders",
     "default_order_knowledge",
     "load_order_knowledge",

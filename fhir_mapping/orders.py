@@ -26,10 +26,11 @@ from calcinosis.orders import (
     EncounterSetting,
     OrderCheck,
     OrderKnowledge,
+    PendingTest,
     check_orders,
     default_order_knowledge,
 )
-from fhir_mapping.mapping import FindingsBuilder, bundle_resources, map_resources
+from fhir_mapping.mapping import FindingsBuilder, bundle_resources, map_resources, parse_datetime
 from fhir_mapping.pipeline import _without, default_terminology, validation_problem
 from fhir_mapping.terminology import LOINC, RXNORM, Finding, Terminology, normalise_system
 
@@ -186,6 +187,9 @@ class DraftOrderReader:
         words = " ".join(texts).lower()
         classes = tuple(resolution.classes)
         excluded = next((why for cls, why in EXCLUDING.items() if cls in classes), None)
+        if DrugClass.PARENTERAL_NUTRITION in classes:
+            every_text = " ".join([words, *(t for item, _ in concepts for t in _texts(item))]).lower()
+            classes, excluded = _parenteral_nutrition(classes, every_text, resolution)
         binder = DrugClass.CALCIUM_BASED_BINDER in classes and (
             "calcium acetate" in words
             or DrugClass.CALCIUM_SUPPLEMENT not in classes
@@ -237,6 +241,24 @@ class DraftOrderReader:
             stops=request.get("status") in NOT_ADDING,
             resolved_by=tuple(how),
         )
+
+
+#: Classes that say a parenteral nutrition order carries calcium.
+CALCIUM_CLASSES = frozenset({DrugClass.IV_CALCIUM, DrugClass.CALCIUM_SUPPLEMENT, DrugClass.CALCIUM_BASED_BINDER})
+_CALCIUM_WORD = re.compile(r"(?<![a-z])calcium(?![a-z])")
+
+
+def _parenteral_nutrition(
+    classes: tuple[DrugClass, ...], words: str, resolution: _Resolution
+) -> tuple[tuple[DrugClass, ...], str | None]:
+    """15.0: parenteral nutrition is never a card because it lists calcium or a phosphate salt
+    (it is not IV calcium for 15.3, nor a supplement for 15.1, nor a multivitamin to exclude
+    whole); with added calcium it is checked only against 15.2. So the order is read as
+    parenteral nutrition with calcium, or as nothing the tables name."""
+    if any(c in CALCIUM_CLASSES for c in classes) or _CALCIUM_WORD.search(words):
+        resolution.how.append("parenteral-nutrition: calcium added (an ingredient or the order's text)")
+        return (DrugClass.PARENTERAL_NUTRITION,), None
+    return (), "parenteral nutrition without added calcium"
 
 
 def short_name(label: str) -> str:
@@ -292,6 +314,64 @@ def read_draft_orders(
     return tuple(orders)
 
 
+#: ServiceRequest intents that are orders (a proposal or a plan is not yet one).
+ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order", "instance-order"})
+
+
+def _ordered_at(request: dict[str, Any]) -> datetime | None:
+    """When a test was ordered: `authoredOn`, else when it is to be done."""
+    for value in (
+        request.get("authoredOn"),
+        request.get("occurrenceDateTime"),
+        _dict(request.get("occurrencePeriod")).get("start"),
+    ):
+        moment = parse_datetime(value)
+        if moment is not None:
+            return moment
+    return None
+
+
+def pending_tests(
+    resources: Iterable[Any],
+    terminology: Terminology | None = None,
+    patient_id: str | None = None,
+    drafts: tuple[DraftOrder, ...] = (),
+) -> tuple[PendingTest, ...]:
+    """The lab tests already ordered for the patient and not yet resulted (15.5 "on file"): an
+    active ServiceRequest that is an order (not a proposal or plan), with a date, for another
+    patient never, that no Observation on the chart names in `basedOn`, and that is not one of
+    the draft orders being signed. Completed, revoked and draft requests are not pending."""
+    chart = [r for r in resources if isinstance(r, dict)]
+    resulted = {
+        reference
+        for r in chart
+        if r.get("resourceType") == "Observation"
+        for based in _list(r.get("basedOn"))
+        if isinstance(reference := _dict(based).get("reference"), str)
+    }
+    drafted = {d.reference for d in drafts if d.reference is not None}
+    reader = DraftOrderReader(terminology or default_terminology())
+    pending: list[PendingTest] = []
+    for request in chart:
+        if request.get("resourceType") != "ServiceRequest" or request.get("status") != "active":
+            continue
+        if request.get("intent", "order") not in ORDER_INTENTS:
+            continue
+        subject = _dict(request.get("subject")).get("reference")
+        if patient_id is not None and isinstance(subject, str) and subject.rsplit("/", 1)[-1] != patient_id:
+            continue
+        reference = _reference(request)
+        authored = _ordered_at(request)
+        if reference is None or authored is None or reference in drafted:
+            continue
+        if reference in resulted or any(r.endswith(f"/{reference}") for r in resulted):
+            continue
+        analytes = reader.service_request(request).analytes
+        if analytes:
+            pending.append(PendingTest(reference, analytes, authored))
+    return tuple(pending)
+
+
 def encounter_setting(encounter: Any) -> EncounterSetting:
     """Ambulatory, inpatient, emergency or intensive care, from an Encounter's class and type."""
     if not isinstance(encounter, dict) or encounter.get("resourceType") != "Encounter":
@@ -327,8 +407,10 @@ def check_draft_orders(
     one the tables name (the usual case, and the fast one)."""
     if not any(d.relevant for d in drafts):
         return OrderCheckResult(OrderCheck(()), None)
+    resources = list(resources)
     kb = knowledge or default_knowledge()
     knowledge_of_orders = order_knowledge or default_order_knowledge()
+    pending = pending_tests(resources, terminology, patient_id, drafts)
     # The order checks look back a year at most (the patient-view rules two), so fewer lab results
     # are read in detail: the order check costs less than a patient-view call on the same chart.
     retention = min(int(kb.value("lab-retention-days")), knowledge_of_orders.lab_retention_days)
@@ -336,7 +418,7 @@ def check_draft_orders(
     findings = mapped.findings
     checked: set[str] = set()
     while True:
-        check = check_orders(findings, drafts, kb, knowledge_of_orders, encounter)
+        check = check_orders(findings, drafts, kb, knowledge_of_orders, encounter, pending)
         if not validate:
             return OrderCheckResult(check, findings)
         invalid: dict[str, str] = {}

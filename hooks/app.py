@@ -379,9 +379,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body = outcome.response.wire()
             issued: list[dict[str, Any]] = body.get("cards", [])
             skipped = resources_skipped(issued)
-            # Only the patient-view cards are silenced after an override; an order-sign card is about
-            # the order being signed.
-            if suppression.enabled and issued and declared.hook == "patient-view":
+            # An override silences the same card for the patient, on either service (hooks/suppression.py).
+            if suppression.enabled and issued:
                 try:
                     issued, held = await suppression.bounded(
                         suppression.filter_for,

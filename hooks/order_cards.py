@@ -31,6 +31,8 @@ from hooks.cards import (
 )
 from hooks.models import Action, Card, Coding, Link, OverrideReason, Source, Suggestion
 
+ORDER_CHECK_EXTENSION = f"{EXTENSION_KEY}.order-check"
+"""The card extension that carries an order card's provenance (rule, classes, tests, evidence)."""
 TOPICS = {"medication": "order-check", "precaution": "order-check", "repeat-lab": "repeat-lab"}
 TOPIC_DISPLAY = {"order-check": "Order check", "repeat-lab": "Repeat laboratory test"}
 MAX_EVIDENCE_LINES = 3
@@ -81,7 +83,7 @@ def _extension(advice: OrderAdvice, check: OrderCheck) -> dict[str, Any]:
     order = advice.order
     extension: dict[str, Any] = prune(
         {
-            f"{EXTENSION_KEY}.order-check": {
+            ORDER_CHECK_EXTENSION: {
                 "draftOrder": order.reference,
                 "rule": advice.rule_id,
                 "section": advice.section,
@@ -107,6 +109,18 @@ def _extension(advice: OrderAdvice, check: OrderCheck) -> dict[str, Any]:
         }
     )
     return extension
+
+
+def override_scope(card: dict[str, Any]) -> str | None:
+    """What an override of an order card silences, beside its topic: the rule and the drug classes
+    or tests of the order ('warfarin for calciphylaxis', 'a repeat PTH'), never the draft's id
+    (each signing sends a new draft). So overriding the warfarin card leaves a calcium binder card,
+    or an IV calcium card under the same rule, to be shown. None for a card of another service."""
+    extension = (card.get("extension") or {}).get(ORDER_CHECK_EXTENSION)
+    if not isinstance(extension, dict) or not isinstance(extension.get("rule"), str):
+        return None
+    kinds = sorted(str(k) for k in [*(extension.get("drugClasses") or []), *(extension.get("tests") or [])])
+    return "/".join([extension["rule"], *kinds])
 
 
 def order_card(

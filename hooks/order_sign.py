@@ -5,7 +5,8 @@ EHRs fire order-sign synchronously as the clinician clicks Sign, so the usual an
 order that any table names) is given before any chart is read or fetched. Otherwise the chart is
 obtained exactly as for patient-view (the same prefetch templates, the same fallback fetching
 under the same outbound policy), plus the encounter when the context names one (its class sets
-the re-test intervals of 15.5).
+the re-test intervals of 15.5) and the patient's active test orders (a test ordered and not yet
+resulted is "on file" for 15.5 like a result).
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ ORDER_SIGN_SERVICE_ID = "calcinosis-order-sign"
 ORDER_SIGN_HOOK = "order-sign"
 ORDER_SIGN_HOOK_VERSION = "1.0"  # order-sign in the CDS Hooks Library 1.0.1
 ENCOUNTER_KEY = PrefetchKey("encounter", "Encounter/{{context.encounterId}}", "Encounter", required=False)
+SERVICE_REQUESTS_KEY = PrefetchKey(
+    "serviceRequests",
+    "ServiceRequest?patient={{context.patientId}}&status=active",
+    "ServiceRequest",
+    required=False,
+    label="test orders not yet resulted",
+)
+"""Tests already ordered and not yet resulted: 15.5 counts them as on file, like a result."""
+ORDER_SIGN_KEYS = (ENCOUNTER_KEY, SERVICE_REQUESTS_KEY)
+"""The order-sign service's templates beyond the patient-view ones it shares."""
 
 
 class OrderSignService:
@@ -44,7 +55,7 @@ class OrderSignService:
     def __init__(self, core: CalcinosisService) -> None:
         self.core = core
         self.order_knowledge = load_order_knowledge(core.knowledge)
-        self.keys = (*core.keys, ENCOUNTER_KEY)
+        self.keys = (*core.keys, *ORDER_SIGN_KEYS)
 
     def declaration(self) -> DeclaredService:
         """The order-sign service as the registry declares it."""

@@ -2,7 +2,9 @@
 
 When a clinician overrides a card with "already addressed" or "not relevant" (or an EHR reason
 code configured to mean one of them), that card topic stays quiet for that patient for a configured
-period, unless the evidence behind it changes. It works across replicas because the record lives in
+period, unless the evidence behind it changes. This holds for both services: an order-sign card's
+topic is narrowed to the kind of order and the rule (the same warfarin warning, the same repeat
+PTH), so the next signing of such an order with the same evidence is quiet too. It works across replicas because the record lives in
 the feedback database (the same URL: memory, SQLite or PostgreSQL).
 
 What is stored identifies no patient in clear:
@@ -72,6 +74,22 @@ def evidence_digest(card: dict[str, Any]) -> str:
     walk(card.get("extension") or {}, False)
     topic = ((card.get("source") or {}).get("topic") or {}).get("code")
     return hashlib.sha256(orjson.dumps([topic, parts], option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def card_topic(card: dict[str, Any]) -> str:
+    """The card's topic code (`source.topic.code`), as metrics and logs name it."""
+    return str(((card.get("source") or {}).get("topic") or {}).get("code", "unknown"))
+
+
+def suppression_topic(card: dict[str, Any]) -> str:
+    """What an override silences for the patient: the card's topic; for an order-sign card, the
+    topic narrowed to the kind of order and why (`hooks.order_cards.override_scope`), because one
+    order-check topic covers every drug the tables name."""
+    from hooks.order_cards import override_scope
+
+    scope = override_scope(card)
+    topic = card_topic(card)
+    return f"{topic}/{scope}" if scope else topic
 
 
 class SuppressionUnavailableError(Exception):
@@ -378,10 +396,10 @@ class CardSuppression:
         held: list[str] = []
         issued: list[IssuedCard] = []
         for card in cards:
-            topic = ((card.get("source") or {}).get("topic") or {}).get("code", "unknown")
+            topic = suppression_topic(card)
             digest = evidence_digest(card)
             if active.get(topic) == digest:
-                held.append(topic)
+                held.append(card_topic(card))
                 continue
             shown.append(card)
             if card.get("uuid"):

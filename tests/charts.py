@@ -165,6 +165,18 @@ class Chart(FhirChart):
         concept = codeable(text, *((coding(system, code, text),) if code else ()))
         return self.add_procedure(self._id("proc"), concept, when(days_ago), status=status)
 
+    def lab_ordered(
+        self, code: str, text: str, days_ago: float = 2, *, status: str = "active", intent: str = "order"
+    ) -> dict[str, Any]:
+        """A lab test ordered `days_ago` (a ServiceRequest coded in LOINC), not yet resulted."""
+        return self.add_service_request(
+            self._id("sr"),
+            codeable(text, coding(LOINC, code, text)),
+            status=status,
+            intent=intent,
+            authored=when(days_ago),
+        )
+
     def dialysis(self, since_days: float, sessions_every: float = 60) -> None:
         """Hemodialysis sessions from `since_days` ago until a few days ago."""
         day = since_days

@@ -43,6 +43,15 @@ def search_keys() -> dict[str, str]:
     return {key: kind for key, kind in prefetch_resource_types().items() if kind != "Patient"}
 
 
+@cache
+def order_sign_search_keys() -> dict[str, str]:
+    """The order-sign service's search keys: patient-view's, and its own (the active test orders).
+    Its encounter read depends on the call's `encounterId`, so a chart's prefetch leaves it out."""
+    from hooks.order_sign import ORDER_SIGN_KEYS
+
+    return {**search_keys(), **{key.key: key.resource_type for key in ORDER_SIGN_KEYS if not key.is_read}}
+
+
 def coding(system: str, code: str, display: str | None = None) -> dict[str, str]:
     result = {"system": system, "code": code}
     if display is not None:
@@ -265,6 +274,29 @@ class FhirChart:
             resource["bodySite"] = [{"text": body_site}]
         return self.add(resource)
 
+    def add_service_request(
+        self,
+        resource_id: str,
+        code: dict[str, Any],
+        *,
+        status: str = "active",
+        intent: str = "order",
+        authored: str | None = None,
+    ) -> dict[str, Any]:
+        """A ServiceRequest: a lab test or procedure ordered (`status` active until resulted; a
+        draft order of order-sign is `draft`)."""
+        resource: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "id": resource_id,
+            "status": status,
+            "intent": intent,
+            "code": code,
+            "subject": self.subject,
+        }
+        if authored is not None:
+            resource["authoredOn"] = authored
+        return self.add(resource)
+
     # ----- Bundles and prefetch -------------------------------------------------------------------
 
     def bundle(self, bundle_type: str = "collection") -> dict[str, Any]:
@@ -283,13 +315,19 @@ class FhirChart:
         ]
         return bundle
 
-    def prefetch(self, ehr_base: str | None = None, name: str | None = None) -> dict[str, Any]:
+    def prefetch(
+        self, ehr_base: str | None = None, name: str | None = None, order_sign: bool = False
+    ) -> dict[str, Any]:
         """EHR-style prefetch: the Patient, and one searchset Bundle per search key of the
-        service's templates. With `ehr_base`, each Bundle is written as an EHR's search answer
-        (id, total, self link, fullUrl and search mode per entry)."""
+        service's templates (the order-sign service's with `order_sign`). With `ehr_base`, each
+        Bundle is written as an EHR's search answer (id, total, self link, fullUrl and search mode
+        per entry)."""
         prefetch: dict[str, Any] = {"patient": self.of_type("Patient")[0]}
-        for key, resource_type in search_keys().items():
+        keys = order_sign_search_keys() if order_sign else search_keys()
+        for key, resource_type in keys.items():
             matches = self.of_type(resource_type)
+            if key == "serviceRequests":  # the template asks for active orders only
+                matches = [r for r in matches if r.get("status") == "active"]
             if ehr_base is None:
                 prefetch[key] = searchset(matches)
                 continue

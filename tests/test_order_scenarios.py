@@ -360,6 +360,100 @@ def test_multivitamin_with_calcium_and_vitamin_d_is_silent() -> None:
     assert check(metastatic_chart(calcium=12.5), order) == []
 
 
+# ----- parenteral nutrition (15.0: only its added calcium, only against 15.2) ------------------
+
+PN_WITH_CALCIUM = (
+    "Parenteral nutrition (adult, central) with calcium gluconate 10 mEq, potassium phosphate 15 mmol",
+    "TPN 2-in-1 with calcium chloride 5 mEq and multivitamin infusion",
+    "Peripheral parenteral nutrition, calcium 4.5 mEq/L",
+)
+
+
+def iatrogenic_hypercalcemic_chart() -> Chart:
+    """Calcinosis after IV calcium gluconate, and calcium 11.2 mg/dL yesterday."""
+    chart = iatrogenic_chart()
+    chart.mineral_panel(11.2, 4.0, 3.9, days_ago=1)
+    return chart
+
+
+@pytest.mark.parametrize("text", PN_WITH_CALCIUM)
+def test_parenteral_nutrition_after_iv_calcium_calcinosis_is_not_an_iv_calcium_order(text: str) -> None:
+    """15.0: parenteral nutrition with added calcium is handled only in 15.2, so the 15.3 IV
+    calcium precautions (slow infusion, central vein, stop at the site) never fire on it: silent
+    with normal calcium, the 15.2 warning with hypercalcaemia."""
+    order = medication_order(text, route="intravenous")
+    assert check(iatrogenic_chart(), order) == []
+    advice = one(check(iatrogenic_hypercalcemic_chart(), order))
+    assert (advice.rule_id, advice.section, advice.indicator) == (
+        "metastatic-calcium-parenteral-nutrition",
+        "15.2",
+        "warning",
+    )
+    assert advice.summary == (
+        "Calcium 11.2 mg/dL on file: this parenteral nutrition adds calcium. Consider removing the calcium from the feed."
+    )
+    assert [c.value for c in advice.order.drug_classes] == ["parenteral-nutrition"]
+    assert advice.alternative is None
+
+
+@pytest.mark.parametrize(("calcium", "card"), [(11.2, True), (10.3, False)])
+def test_parenteral_nutrition_with_calcium_by_the_calcium_level(calcium: float, card: bool) -> None:
+    """The multivitamin in the bag does not exclude the order (it did before: a multivitamin
+    excludes a whole order); the calcium in it is what 15.2 reads."""
+    order = medication_order(PN_WITH_CALCIUM[1], route="intravenous")
+    advice = check(metastatic_chart(calcium=calcium), order)
+    assert bool(advice) is card
+    if card:
+        assert one(advice).rule_id == "metastatic-calcium-parenteral-nutrition"
+
+
+def test_parenteral_nutrition_without_calcium_or_for_calciphylaxis_is_silent() -> None:
+    """Its phosphate salt is no phosphate order (15.0), even with phosphate above the range; and
+    15.1 (calciphylaxis) does not read parenteral nutrition at all."""
+    no_calcium = medication_order("Total parenteral nutrition with potassium phosphate 20 mmol", route="intravenous")
+    assert check(metastatic_chart(calcium=9.4, phosphate=7.9), no_calcium) == []
+    assert check(iatrogenic_chart(), no_calcium) == []
+    with_calcium = medication_order(PN_WITH_CALCIUM[0], route="intravenous")
+    assert check(calciphylaxis_chart(), with_calcium) == []
+
+
+def test_parenteral_nutrition_with_calcium_as_a_contained_ingredient() -> None:
+    """The calcium may be named only among the ingredients of a contained Medication."""
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "draft-pn",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{PATIENT}"},
+        "medicationReference": {"reference": "#pn"},
+        "contained": [
+            {
+                "resourceType": "Medication",
+                "id": "pn",
+                "code": {"text": "Parenteral nutrition, compounded"},
+                "ingredient": [
+                    {"itemCodeableConcept": {"text": "Amino acids 10%"}},
+                    {"itemCodeableConcept": {"text": "Dextrose 70%"}},
+                    {"itemCodeableConcept": {"text": "Calcium gluconate"}},
+                ],
+            }
+        ],
+    }
+    advice = one(check(iatrogenic_hypercalcemic_chart(), order))
+    assert advice.rule_id == "metastatic-calcium-parenteral-nutrition"
+    assert check(iatrogenic_chart(), order) == []
+
+
+def test_parenteral_nutrition_names_are_whole_words() -> None:
+    """'TPN' is matched as a word; a plain IV calcium gluconate order is still IV calcium (15.3)."""
+    (tpn,) = read_draft_orders(bundle(medication_order("TPN adult with calcium gluconate")))
+    assert [c.value for c in tpn.drug_classes] == ["parenteral-nutrition"]
+    (plain,) = read_draft_orders(bundle(medication_order("calcium gluconate 100 MG/ML injection (stpn)")))
+    assert "parenteral-nutrition" not in [c.value for c in plain.drug_classes]
+    advice = one(check(iatrogenic_chart(), medication_order("calcium gluconate 100 MG/ML injection", route="iv")))
+    assert advice.rule_id == "iatrogenic-calcium-gluconate"
+
+
 # ----- 15.3 prior iatrogenic calcinosis -------------------------------------------------------
 
 
@@ -555,6 +649,96 @@ def test_repeat_windows_never_exceed_the_workup_look_back() -> None:
     chart.lab("98979-8", 50, "mL/min/{1.73_m2}", 150)
     chart.lab("17861-6", 9.4, "mg/dL", 120)  # within the 6-month G3 interval, outside the 90-day look-back
     assert check(chart, lab_order("1994-3", "Calcium ionized"), encounter=EncounterSetting.AMBULATORY) == []
+
+
+def dialysis_calcinosis_without_pth() -> Chart:
+    """Calcinosis on dialysis (the 15.5 PTH interval is 3 months) with no PTH result on file."""
+    chart = dialysis_calcinosis_chart(400)  # the only PTH result is far outside every interval
+    return chart
+
+
+PTH_TEXT = "Parathyrin.intact [Mass/volume] in Serum or Plasma"
+
+
+@pytest.mark.parametrize(
+    ("status", "days_ago", "card"),
+    [
+        ("active", 10, True),
+        ("active", 89, True),  # G5D PTH interval: 3 months
+        ("active", 91, False),
+        ("completed", 10, False),
+        ("revoked", 10, False),
+        ("draft", 10, False),
+        ("on-hold", 10, False),
+    ],
+)
+def test_a_pending_order_for_the_same_test_counts_as_on_file(status: str, days_ago: float, card: bool) -> None:
+    """15.5: "on file" is a result or an active order for the same test not yet resulted."""
+    chart = dialysis_calcinosis_without_pth()
+    placed = chart.lab_ordered("2731-8", PTH_TEXT, days_ago, status=status)
+    advice = check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY)
+    assert bool(advice) is card, [a.summary for a in advice]
+    if card:
+        item = one(advice)
+        assert (item.kind, item.indicator, item.rule_id) == ("repeat-lab", "info", "repeat-pth-pending")
+        assert item.summary == (
+            f"PTH already ordered on {when(days_ago)[:10]}, result not yet on file. Is a second order needed?"
+        )
+        assert item.delete_draft and item.order.reference == "ServiceRequest/draft-lab"
+        assert item.repeat_of is not None and item.repeat_of.reference == f"ServiceRequest/{placed['id']}"
+
+
+def test_a_pending_order_with_a_result_already_on_the_chart_is_not_pending() -> None:
+    """An order whose result arrived (an Observation based on it) is no longer pending: the
+    result itself decides (here it is outside the interval, so no card)."""
+    chart = dialysis_calcinosis_without_pth()
+    placed = chart.lab_ordered("2731-8", PTH_TEXT, 120)
+    old_result = chart.lab("2731-8", 410, "pg/mL", 118, low=150, high=600)
+    old_result["basedOn"] = [{"reference": f"ServiceRequest/{placed['id']}"}]
+    placed["authoredOn"] = when(10)  # still active on the chart, but resulted
+    assert check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY) == []
+
+
+def test_a_pending_order_of_another_test_or_a_proposal_is_not_a_repeat() -> None:
+    chart = dialysis_calcinosis_without_pth()
+    chart.lab_ordered("2777-1", "Phosphate [Mass/volume] in Serum or Plasma", 10)
+    chart.lab_ordered("2731-8", PTH_TEXT, 10, intent="proposal")
+    assert check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY) == []
+
+
+def test_a_pending_order_is_no_repeat_when_treatment_changed_since_it_was_placed() -> None:
+    chart = dialysis_calcinosis_without_pth()
+    chart.lab_ordered("2731-8", PTH_TEXT, 20)
+    chart.medication("cinacalcet 30 MG tablet", 10)
+    assert check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY) == []
+
+
+def test_the_draft_itself_on_the_chart_is_not_its_own_repeat() -> None:
+    """An EHR may already hold the order being signed; it never counts against itself."""
+    chart = dialysis_calcinosis_without_pth()
+    chart.add_service_request(
+        "draft-lab", {"coding": [{"system": LOINC, "code": "2731-8"}]}, status="active", authored=when(0.01)
+    )
+    assert check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY) == []
+
+
+def test_a_result_on_file_is_named_before_a_pending_order() -> None:
+    chart = dialysis_calcinosis_chart(20)
+    chart.lab_ordered("2731-8", PTH_TEXT, 5)
+    item = one(check(chart, PTH_ORDER, encounter=EncounterSetting.AMBULATORY))
+    assert item.rule_id == "repeat-pth" and item.summary.startswith("PTH result on file from")
+
+
+def test_pending_orders_in_hospital_use_the_inpatient_interval() -> None:
+    """Phosphate in hospital: 48 hours; an order placed a day ago is a repeat, three days ago not."""
+    for days_ago, card in ((1, True), (3, False)):
+        chart = dialysis_calcinosis_without_pth()
+        chart.lab_ordered("2777-1", "Phosphate", days_ago)
+        for lab in chart.of_type("Observation"):
+            if lab["code"]["coding"][0]["code"] == "2777-1":
+                lab["effectiveDateTime"] = when(300)
+        order = lab_order("2777-1", "Phosphate [Mass/volume] in Serum or Plasma")
+        assert bool(check(chart, order, encounter=EncounterSetting.INPATIENT)) is card
 
 
 # ----- reading draft orders ---------------------------------------------------------------------

@@ -35,6 +35,8 @@ def app() -> Any:
 
 def order_sign_request(chart: Chart | None, *orders: dict[str, Any], **extra: Any) -> dict[str, Any]:
     body = hook_request(chart, **extra)
+    if chart is not None and "prefetch" not in extra:
+        body["prefetch"] = chart.prefetch(order_sign=True)
     body["hook"] = "order-sign"
     body["context"]["draftOrders"] = bundle(*orders)
     return body
@@ -199,6 +201,33 @@ def test_encounter_prefetch_sets_the_repeat_window(app: Any) -> None:
         body["context"]["encounterId"] = "enc-1"
         body["prefetch"]["encounter"] = {"resourceType": "Encounter", "id": "enc-1", "class": {"code": encounter_class}}
         assert len(cards_of(post(app, ORDER_SIGN, body))) == expected
+
+
+def test_a_pending_test_order_in_the_prefetch_makes_the_draft_a_repeat(app: Any) -> None:
+    """15.5 through HTTP: the `serviceRequests` prefetch holds the active orders; an active PTH
+    order placed 10 days ago (no result yet) gets the repeat card, the same order completed or
+    placed four months ago does not, and without the key (nothing to fetch it with) the check
+    reads the results only."""
+    days_before_now = (AS_OF - datetime.now(UTC)).total_seconds() / 86400  # the service assesses "now"
+    expected = {("active", 10): 1, ("completed", 10): 0, ("revoked", 10): 0, ("active", 120): 0}
+    for (status, days_ago), count in expected.items():
+        chart = dialysis_calcinosis_chart(400)
+        chart.lab_ordered("2731-8", "PTH intact", days_before_now + days_ago, status=status)
+        body = order_sign_request(chart, PTH_ORDER)
+        assert ("ServiceRequest" in str(body["prefetch"]["serviceRequests"])) is (status == "active")
+        cards = cards_of(post(app, ORDER_SIGN, body))
+        assert len(cards) == count, (status, days_ago, [c["summary"] for c in cards])
+        if count:
+            (card,) = cards
+            assert card["summary"].startswith("PTH already ordered on ")
+            assert card["suggestions"][0]["actions"][0]["resourceId"] == "ServiceRequest/draft-lab"
+            assert "(no result yet)" in card["detail"]
+            assert not INTERNAL.search(clinician_text(card)), clinician_text(card)
+    chart = dialysis_calcinosis_chart(400)
+    chart.lab_ordered("2731-8", "PTH intact", days_before_now + 10)
+    body = order_sign_request(chart, PTH_ORDER)
+    del body["prefetch"]["serviceRequests"]
+    assert cards_of(post(app, ORDER_SIGN, body)) == []
 
 
 def test_discovery_lists_both_services(app: Any) -> None:

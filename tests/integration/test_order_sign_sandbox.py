@@ -7,6 +7,7 @@ expected.json records, or silence; and `check --draft-orders` gives the same fro
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from hooks.cli import load_sandbox, main
 from hooks.models import HookResponse
 from hooks.sandbox_data import OrderScenario, draft_orders_dir, load_order_scenarios
+from tests.fhir_chart import ICD10, LOINC, SNOMED, FhirChart, codeable, coding
 from tests.integration.test_scenarios_both_ways import read_all
 
 ORDER_SCENARIOS = load_order_scenarios()
@@ -67,6 +69,84 @@ def test_order_sign_with_and_without_prefetch(service_url: str, loaded: str, sce
     )
     assert cards(fetched) == list(scenario.expected_cards)
     assert cards(prefetched) == list(scenario.expected_cards)
+
+
+def pending_pth_chart(patient_id: str, status: str, days_ago: float) -> FhirChart:
+    """Calcinosis cutis on dialysis, no PTH result, and a PTH order placed `days_ago` (15.5)."""
+    now = datetime.now(UTC)
+
+    def ago(days: float) -> str:
+        return (now - timedelta(days=days)).isoformat()
+
+    chart = FhirChart(patient_id)
+    chart.add_patient("female", "1958-03-02")
+    chart.add_condition(
+        f"{patient_id}-cc", codeable("Calcinosis cutis", coding(ICD10, "L94.2", "Calcinosis cutis")), onset=ago(60)
+    )
+    chart.add_condition(
+        f"{patient_id}-hd",
+        codeable("Dependence on renal dialysis", coding(ICD10, "Z99.2", "Dependence on renal dialysis")),
+        onset=ago(400),
+    )
+    chart.add_procedure(f"{patient_id}-hd-1", codeable("Hemodialysis", coding(SNOMED, "302497006")), ago(2))
+    chart.add_service_request(
+        f"{patient_id}-pth",
+        codeable("PTH intact", coding(LOINC, "2731-8", "Parathyrin.intact [Mass/volume] in Serum or Plasma")),
+        status=status,
+        authored=ago(days_ago),
+    )
+    return chart
+
+
+@pytest.mark.parametrize(
+    ("status", "days_ago", "expected"),
+    [
+        ("active", 10, [("info", "repeat-lab", "repeat-pth-pending")]),
+        ("completed", 10, []),
+        ("active", 120, []),
+    ],
+)
+def test_a_pending_test_order_on_the_server_is_on_file_both_ways(
+    service_url: str, loaded: str, status: str, days_ago: float, expected: list[tuple[str, str, str]]
+) -> None:
+    """15.5 against the FHIR server: an active, not-yet-resulted PTH order inside the interval
+    makes a PTH draft a repeat, whether the service fetches the active orders itself or the
+    EHR prefetches them; a completed order, or one placed outside the interval, does not."""
+    patient_id = f"it-pending-pth-{status}-{days_ago:.0f}"
+    chart = pending_pth_chart(patient_id, status, days_ago)
+    loaded_chart = httpx.post(loaded, json=chart.transaction(), timeout=60)
+    assert loaded_chart.status_code == 200, loaded_chart.text[:300]
+    draft = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "ServiceRequest",
+                    "id": "draft-pth",
+                    "status": "draft",
+                    "intent": "order",
+                    "subject": {"reference": f"Patient/{patient_id}"},
+                    "code": codeable("PTH", coding(LOINC, "2731-8")),
+                }
+            }
+        ],
+    }
+    context = {"userId": "Practitioner/it-1", "patientId": patient_id, "draftOrders": draft}
+    fetched = httpx.post(
+        f"{service_url}/cds-services/{SERVICE}",
+        json={"hook": "order-sign", "hookInstance": str(uuid.uuid4()), "fhirServer": loaded, "context": context},
+        timeout=60,
+    )
+    prefetch = order_sign_prefetch(service_url, loaded, patient_id)
+    assert ("-pth" in str(prefetch["serviceRequests"])) is (status == "active")
+    prefetched = httpx.post(
+        f"{service_url}/cds-services/{SERVICE}",
+        json={"hook": "order-sign", "hookInstance": str(uuid.uuid4()), "context": context, "prefetch": prefetch},
+        timeout=60,
+    )
+    assert cards(fetched) == expected
+    assert cards(prefetched) == expected
 
 
 def test_check_command_with_draft_orders(loaded: str, capsys: pytest.CaptureFixture[str]) -> None:
