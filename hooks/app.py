@@ -34,7 +34,7 @@ from hooks.auth import AuthError, ReplayCacheUnavailableError, VerifiedToken
 from hooks.auth.authenticator import INSECURE_WARNING, Authenticator
 from hooks.auth.web import Caller, authenticated
 from hooks.card_ids import CardIds
-from hooks.logs import protect_logs
+from hooks.logs import fields, protect_logs
 from hooks.metrics import (
     CARDS,
     CARDS_SUPPRESSED,
@@ -48,6 +48,7 @@ from hooks.models import Discovery, Feedback, FeedbackBatch, FeedbackItem, HookR
 from hooks.overload import Admission, LoadShedder
 from hooks.prefetch import DataUnobtainableError
 from hooks.registry import DeclaredService, build_registry
+from hooks.request_context import RequestContext, parse_networks
 from hooks.service import CalcinosisService, InvalidContextError
 from hooks.settings import Settings
 from hooks.stores import (
@@ -209,6 +210,13 @@ HookCaller = Annotated[VerifiedToken | None, Depends(hook_caller)]
 """The service call's caller: authenticated as on every route, and audited when refused."""
 
 
+def outcome_of(status: int) -> str:
+    """A word for the log line's status: answered, refused (the caller's side), client-closed, failed."""
+    if status == CLIENT_CLOSED:
+        return "client-closed"
+    return {2: "answered", 4: "refused"}.get(status // 100, "failed")
+
+
 def resources_skipped(cards: list[dict[str, Any]]) -> int:
     """How many resources of the request were not used (for the log line; the count travels in the
     subtype card's extension, never their ids)."""
@@ -350,6 +358,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hook_instance: str | None = None
         status, cards = 500, None
         held: list[str] = []
+        details: dict[str, Any] = {}
         try:
             declared = registry.get(service_id)
             if declared is None:
@@ -374,7 +383,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except InvalidContextError as error:
                 raise ApiError(400, "invalid", str(error)) from error
             except DataUnobtainableError as error:
-                log.info("hook=%s hookInstance=%s status=412 reason=%s", declared.hook, hook_instance, error)
+                details["reason"] = str(error)
                 raise ApiError(412, "processing", str(error)) from error
             body = outcome.response.wire()
             issued: list[dict[str, Any]] = body.get("cards", [])
@@ -401,24 +410,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     ((card.get("source") or {}).get("topic") or {}).get("code", "none"), card["indicator"]
                 ).inc()
             status, cards = 200, len(issued)
-            log.info(
-                "hook=%s hookInstance=%s service=%s status=200 cards=%d suppressed=%s skipped=%d fhirRequests=%d "
-                "prefetch=%s ms=%.1f",
-                declared.hook,
-                hook_instance,
-                declared.id,
-                cards,
-                ",".join(held) or "-",
-                skipped,
-                outcome.data.fhir_requests,
-                ",".join(f"{k}:{v}" for k, v in sorted(outcome.data.how.items())),
-                (time.perf_counter() - started) * 1000,
+            details.update(
+                suppressed=held,
+                skipped=skipped,
+                fhirRequests=outcome.data.fhir_requests,
+                prefetch=dict(sorted(outcome.data.how.items())),
             )
             return ORJSONResponse(body)
         except ApiError as error:
             status = error.status
             raise
         finally:
+            log.info(
+                "hook call %s",
+                fields(
+                    hook=declared.hook if declared is not None else None,
+                    hookInstance=hook_instance,
+                    service=declared.id if declared is not None else None,
+                    status=status,
+                    outcome=outcome_of(status),
+                    cards=cards,
+                    **details,
+                    durationMs=round((time.perf_counter() - started) * 1000, 1),
+                ),
+            )
             audit_hook_call(
                 service_id=declared.id if declared is not None else "(unknown service)",
                 hook=declared.hook if declared is not None else "-",
@@ -514,8 +529,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         log.warning("card preview page enabled at /preview: development instances only (no authentication)")
         register_preview(app, service)
-    # Outermost, so a request beyond the limit costs nothing but its 503.
+    # Outermost but one, so a request beyond the limit costs nothing but its 503.
     admission = Admission(limit=settings.max_concurrent_requests)
     app.state.admission = admission
     app.add_middleware(LoadShedder, admission=admission, retry_after_seconds=settings.retry_after_seconds)
+    # Outermost: every answer, a shed 503 included, carries a request id and the resolved client.
+    app.add_middleware(RequestContext, trusted_proxies=parse_networks(settings.trusted_proxies))
     return app

@@ -53,7 +53,7 @@ def audit_hook_call(
         },
         "subtype": [{"system": "urn:calcinosis-cds:cds-hooks", "code": hook}],
         "action": "E",
-        "recorded": datetime.now(UTC).isoformat(),
+        "recorded": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "outcome": _OUTCOME.get(status // 100, "12"),
         "outcomeDesc": f"HTTP {status}"
         + (f", {cards} cards" if cards is not None else "")
@@ -63,4 +63,6 @@ def audit_hook_call(
     }
     if hook_instance:
         event["entity"] = [{"what": {"identifier": {"system": "urn:cds-hooks:hookInstance", "value": hook_instance}}}]
-    audit_log.info(orjson.dumps(event).decode())
+    # The message is the event's JSON (any formatter writes it whole); the JSON format embeds the
+    # event itself as `auditEvent` rather than a string inside a string.
+    audit_log.info(orjson.dumps(event).decode(), extra={"audit_event": event})
