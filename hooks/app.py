@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from hooks import __version__
-from hooks.audit import audit_hook_call
+from hooks.audit import audit_feedback_call, audit_hook_call
 from hooks.auth import AuthError, ReplayCacheUnavailableError, VerifiedToken
 from hooks.auth.authenticator import INSECURE_WARNING, Authenticator
 from hooks.auth.web import Caller, authenticated
@@ -83,6 +83,8 @@ class ApiError(Exception):
         self.diagnostics = diagnostics
         self.headers = headers or {}
 
+
+FEEDBACK_UNAVAILABLE = "feedback store unavailable; send it again later"
 
 CLIENT_CLOSED = 499
 """Status logged and audited when the client went away before its request was read (nginx's
@@ -202,12 +204,33 @@ async def hook_caller(request: Request, service_id: str) -> VerifiedToken | None
             status=401 if isinstance(error, AuthError) else 503,
             verified=None,
             client_address=request.client.host if request.client else None,
+            refused=True,
         )
         raise
 
 
 HookCaller = Annotated[VerifiedToken | None, Depends(hook_caller)]
 """The service call's caller: authenticated as on every route, and audited when refused."""
+
+
+async def feedback_caller(request: Request, service_id: str) -> VerifiedToken | None:
+    """The feedback call's authentication: as every route's, and a refused call is audited."""
+    try:
+        return await authenticated(request)
+    except (AuthError, ReplayCacheUnavailableError) as error:
+        known = request.app.state.registry.get(service_id) is not None
+        audit_feedback_call(
+            service_id=service_id if known else "(unknown service)",
+            status=401 if isinstance(error, AuthError) else 503,
+            verified=None,
+            client_address=request.client.host if request.client else None,
+            refused=True,
+        )
+        raise
+
+
+FeedbackCaller = Annotated[VerifiedToken | None, Depends(feedback_caller)]
+"""The feedback call's caller: authenticated as on every route, and audited when refused."""
 
 
 def outcome_of(status: int) -> str:
@@ -446,43 +469,62 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_body_schema(Feedback, app))
-    async def receive_feedback(service_id: str, request: Request, caller: Caller) -> Response:
-        if registry.get(service_id) is None:
-            raise ApiError(404, "not-found", "no such CDS service")
-        batch = validate(
-            FeedbackBatch, await read_json(request, settings.max_body_bytes, timeout=settings.body_timeout_seconds)
-        )
-        records, rejected = verified_feedback(service_id, batch.feedback, service.card_ids)
-        if not records:
-            raise ApiError(400, "invalid", "; ".join(f"feedback.{i}: {why}" for i, why in rejected[:10]))
+    async def receive_feedback(service_id: str, request: Request, caller: FeedbackCaller) -> Response:
+        status = 500
+        received: int | None = None
+        new: int | None = None
+        rejected: list[tuple[int, str]] = []
         try:
-            with counting_store_errors("feedback", "add"):
-                new = await guarded_feedback.add(records)
-        except StoreUnavailableError as error:
-            # Nothing is answered 200 unless it is committed: during an outage the client is told
-            # to send it again (CDS clients retry feedback), and idempotency makes that safe.
-            log.warning("feedback not stored service=%s items=%d reason=%s", service_id, len(batch.feedback), error)
-            raise ApiError(503, "transient", "feedback store unavailable; send it again later", retry_after) from error
-        silenced = 0
-        try:
-            for record in records:
-                if record.outcome == "overridden" and await suppression.bounded(
-                    suppression.overridden, record.card, record.override_code, timeout=settings.feedback_timeout_seconds
-                ):
-                    silenced += 1
-        except SuppressionUnavailableError as error:
-            # The outcome is stored; the override is not yet in force: ask for the feedback again.
-            log.warning("override not recorded service=%s reason=%s", service_id, error)
-            raise ApiError(503, "transient", "feedback store unavailable; send it again later", retry_after) from error
-        log.info(
-            "feedback service=%s items=%d rejected=%d new=%d silenced=%d",
-            service_id,
-            len(batch.feedback),
-            len(rejected),
-            new,
-            silenced,
-        )
-        answer: dict[str, Any] = {"received": len(batch.feedback), "new": new}
+            if registry.get(service_id) is None:
+                raise ApiError(404, "not-found", "no such CDS service")
+            batch = validate(
+                FeedbackBatch, await read_json(request, settings.max_body_bytes, timeout=settings.body_timeout_seconds)
+            )
+            received = len(batch.feedback)
+            records, rejected = verified_feedback(service_id, batch.feedback, service.card_ids)
+            if not records:
+                raise ApiError(400, "invalid", "; ".join(f"feedback.{i}: {why}" for i, why in rejected[:10]))
+            try:
+                with counting_store_errors("feedback", "add"):
+                    new = await guarded_feedback.add(records)
+            except StoreUnavailableError as error:
+                # Nothing is answered 200 unless it is committed: during an outage the client is told
+                # to send it again (CDS clients retry feedback), and idempotency makes that safe.
+                log.warning("feedback not stored service=%s items=%d reason=%s", service_id, received, error)
+                raise ApiError(503, "transient", FEEDBACK_UNAVAILABLE, retry_after) from error
+            silenced = 0
+            try:
+                for record in records:
+                    if record.outcome == "overridden" and await suppression.bounded(
+                        suppression.overridden,
+                        record.card,
+                        record.override_code,
+                        timeout=settings.feedback_timeout_seconds,
+                    ):
+                        silenced += 1
+            except SuppressionUnavailableError as error:
+                # The outcome is stored; the override is not yet in force: ask for the feedback again.
+                log.warning("override not recorded service=%s reason=%s", service_id, error)
+                raise ApiError(503, "transient", FEEDBACK_UNAVAILABLE, retry_after) from error
+            log.info(
+                "feedback %s",
+                fields(service=service_id, items=received, rejected=len(rejected), new=new, silenced=silenced),
+            )
+            status = 200
+        except ApiError as error:
+            status = error.status
+            raise
+        finally:
+            audit_feedback_call(
+                service_id=service_id if registry.get(service_id) is not None else "(unknown service)",
+                status=status,
+                verified=caller,
+                client_address=request.client.host if request.client else None,
+                received=received,
+                new=new,
+                rejected=len(rejected),
+            )
+        answer: dict[str, Any] = {"received": received, "new": new}
         if rejected:
             answer["rejected"] = [{"index": i, "reason": why} for i, why in rejected]
         return ORJSONResponse(answer)
