@@ -224,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Only `serve` accepts calls from an EHR; the other commands run locally for their user.
-        settings = Settings() if args.command == "serve" else Settings(auth_disabled=True)
+        # `--workers` goes through the settings' checks too: several workers with authentication
+        # on need a shared replay cache, or a token replayed to another worker is accepted.
+        workers = {"workers": args.workers} if getattr(args, "workers", None) else {}
+        settings = Settings(**workers) if args.command == "serve" else Settings(auth_disabled=True)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors())
         print(f"calcinosis-cds: invalid configuration: {problems}", file=sys.stderr)
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             factory=True,
             host=args.host or settings.host,
             port=args.port if args.port is not None else settings.port,
-            workers=args.workers or settings.workers,
+            workers=settings.workers,
             log_level=settings.log_level.lower(),
             log_config=server_log_config(settings.log_level, settings.log_format, settings.audit_log),
             # X-Forwarded-For is resolved by the app, from CALCINOSIS_TRUSTED_PROXIES only
