@@ -29,12 +29,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from hooks import __version__
-from hooks.audit import audit_hook_call
+from hooks.audit import audit_feedback_call, audit_hook_call
 from hooks.auth import AuthError, ReplayCacheUnavailableError, VerifiedToken
 from hooks.auth.authenticator import INSECURE_WARNING, Authenticator
 from hooks.auth.web import Caller, authenticated
 from hooks.card_ids import CardIds
-from hooks.logs import protect_logs
+from hooks.logs import fields, protect_logs
 from hooks.metrics import (
     CARDS,
     CARDS_SUPPRESSED,
@@ -48,6 +48,7 @@ from hooks.models import Discovery, Feedback, FeedbackBatch, FeedbackItem, HookR
 from hooks.overload import Admission, LoadShedder
 from hooks.prefetch import DataUnobtainableError
 from hooks.registry import DeclaredService, build_registry
+from hooks.request_context import RequestContext, parse_networks
 from hooks.service import CalcinosisService, InvalidContextError
 from hooks.settings import Settings
 from hooks.stores import (
@@ -82,6 +83,8 @@ class ApiError(Exception):
         self.diagnostics = diagnostics
         self.headers = headers or {}
 
+
+FEEDBACK_UNAVAILABLE = "feedback store unavailable; send it again later"
 
 CLIENT_CLOSED = 499
 """Status logged and audited when the client went away before its request was read (nginx's
@@ -201,12 +204,40 @@ async def hook_caller(request: Request, service_id: str) -> VerifiedToken | None
             status=401 if isinstance(error, AuthError) else 503,
             verified=None,
             client_address=request.client.host if request.client else None,
+            refused=True,
         )
         raise
 
 
 HookCaller = Annotated[VerifiedToken | None, Depends(hook_caller)]
 """The service call's caller: authenticated as on every route, and audited when refused."""
+
+
+async def feedback_caller(request: Request, service_id: str) -> VerifiedToken | None:
+    """The feedback call's authentication: as every route's, and a refused call is audited."""
+    try:
+        return await authenticated(request)
+    except (AuthError, ReplayCacheUnavailableError) as error:
+        known = request.app.state.registry.get(service_id) is not None
+        audit_feedback_call(
+            service_id=service_id if known else "(unknown service)",
+            status=401 if isinstance(error, AuthError) else 503,
+            verified=None,
+            client_address=request.client.host if request.client else None,
+            refused=True,
+        )
+        raise
+
+
+FeedbackCaller = Annotated[VerifiedToken | None, Depends(feedback_caller)]
+"""The feedback call's caller: authenticated as on every route, and audited when refused."""
+
+
+def outcome_of(status: int) -> str:
+    """A word for the log line's status: answered, refused (the caller's side), client-closed, failed."""
+    if status == CLIENT_CLOSED:
+        return "client-closed"
+    return {2: "answered", 4: "refused"}.get(status // 100, "failed")
 
 
 def resources_skipped(cards: list[dict[str, Any]]) -> int:
@@ -350,6 +381,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hook_instance: str | None = None
         status, cards = 500, None
         held: list[str] = []
+        details: dict[str, Any] = {}
         try:
             declared = registry.get(service_id)
             if declared is None:
@@ -374,7 +406,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except InvalidContextError as error:
                 raise ApiError(400, "invalid", str(error)) from error
             except DataUnobtainableError as error:
-                log.info("hook=%s hookInstance=%s status=412 reason=%s", declared.hook, hook_instance, error)
+                details["reason"] = str(error)
                 raise ApiError(412, "processing", str(error)) from error
             body = outcome.response.wire()
             issued: list[dict[str, Any]] = body.get("cards", [])
@@ -400,24 +432,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     ((card.get("source") or {}).get("topic") or {}).get("code", "none"), card["indicator"]
                 ).inc()
             status, cards = 200, len(issued)
-            log.info(
-                "hook=%s hookInstance=%s service=%s status=200 cards=%d suppressed=%s skipped=%d fhirRequests=%d "
-                "prefetch=%s ms=%.1f",
-                declared.hook,
-                hook_instance,
-                declared.id,
-                cards,
-                ",".join(held) or "-",
-                skipped,
-                outcome.data.fhir_requests,
-                ",".join(f"{k}:{v}" for k, v in sorted(outcome.data.how.items())),
-                (time.perf_counter() - started) * 1000,
+            details.update(
+                suppressed=held,
+                skipped=skipped,
+                fhirRequests=outcome.data.fhir_requests,
+                prefetch=dict(sorted(outcome.data.how.items())),
             )
             return ORJSONResponse(body)
         except ApiError as error:
             status = error.status
             raise
         finally:
+            log.info(
+                "hook call %s",
+                fields(
+                    hook=declared.hook if declared is not None else None,
+                    hookInstance=hook_instance,
+                    service=declared.id if declared is not None else None,
+                    status=status,
+                    outcome=outcome_of(status),
+                    cards=cards,
+                    **details,
+                    durationMs=round((time.perf_counter() - started) * 1000, 1),
+                ),
+            )
             audit_hook_call(
                 service_id=declared.id if declared is not None else "(unknown service)",
                 hook=declared.hook if declared is not None else "-",
@@ -430,43 +468,62 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
 
     @app.post("/cds-services/{service_id}/feedback", openapi_extra=_body_schema(Feedback, app))
-    async def receive_feedback(service_id: str, request: Request, caller: Caller) -> Response:
-        if registry.get(service_id) is None:
-            raise ApiError(404, "not-found", "no such CDS service")
-        batch = validate(
-            FeedbackBatch, await read_json(request, settings.max_body_bytes, timeout=settings.body_timeout_seconds)
-        )
-        records, rejected = verified_feedback(service_id, batch.feedback, service.card_ids)
-        if not records:
-            raise ApiError(400, "invalid", "; ".join(f"feedback.{i}: {why}" for i, why in rejected[:10]))
+    async def receive_feedback(service_id: str, request: Request, caller: FeedbackCaller) -> Response:
+        status = 500
+        received: int | None = None
+        new: int | None = None
+        rejected: list[tuple[int, str]] = []
         try:
-            with counting_store_errors("feedback", "add"):
-                new = await guarded_feedback.add(records)
-        except StoreUnavailableError as error:
-            # Nothing is answered 200 unless it is committed: during an outage the client is told
-            # to send it again (CDS clients retry feedback), and idempotency makes that safe.
-            log.warning("feedback not stored service=%s items=%d reason=%s", service_id, len(batch.feedback), error)
-            raise ApiError(503, "transient", "feedback store unavailable; send it again later", retry_after) from error
-        silenced = 0
-        try:
-            for record in records:
-                if record.outcome == "overridden" and await suppression.bounded(
-                    suppression.overridden, record.card, record.override_code, timeout=settings.feedback_timeout_seconds
-                ):
-                    silenced += 1
-        except SuppressionUnavailableError as error:
-            # The outcome is stored; the override is not yet in force: ask for the feedback again.
-            log.warning("override not recorded service=%s reason=%s", service_id, error)
-            raise ApiError(503, "transient", "feedback store unavailable; send it again later", retry_after) from error
-        log.info(
-            "feedback service=%s items=%d rejected=%d new=%d silenced=%d",
-            service_id,
-            len(batch.feedback),
-            len(rejected),
-            new,
-            silenced,
-        )
-        answer: dict[str, Any] = {"received": len(batch.feedback), "new": new}
+            if registry.get(service_id) is None:
+                raise ApiError(404, "not-found", "no such CDS service")
+            batch = validate(
+                FeedbackBatch, await read_json(request, settings.max_body_bytes, timeout=settings.body_timeout_seconds)
+            )
+            received = len(batch.feedback)
+            records, rejected = verified_feedback(service_id, batch.feedback, service.card_ids)
+            if not records:
+                raise ApiError(400, "invalid", "; ".join(f"feedback.{i}: {why}" for i, why in rejected[:10]))
+            try:
+                with counting_store_errors("feedback", "add"):
+                    new = await guarded_feedback.add(records)
+            except StoreUnavailableError as error:
+                # Nothing is answered 200 unless it is committed: during an outage the client is told
+                # to send it again (CDS clients retry feedback), and idempotency makes that safe.
+                log.warning("feedback not stored service=%s items=%d reason=%s", service_id, received, error)
+                raise ApiError(503, "transient", FEEDBACK_UNAVAILABLE, retry_after) from error
+            silenced = 0
+            try:
+                for record in records:
+                    if record.outcome == "overridden" and await suppression.bounded(
+                        suppression.overridden,
+                        record.card,
+                        record.override_code,
+                        timeout=settings.feedback_timeout_seconds,
+                    ):
+                        silenced += 1
+            except SuppressionUnavailableError as error:
+                # The outcome is stored; the override is not yet in force: ask for the feedback again.
+                log.warning("override not recorded service=%s reason=%s", service_id, error)
+                raise ApiError(503, "transient", FEEDBACK_UNAVAILABLE, retry_after) from error
+            log.info(
+                "feedback %s",
+                fields(service=service_id, items=received, rejected=len(rejected), new=new, silenced=silenced),
+            )
+            status = 200
+        except ApiError as error:
+            status = error.status
+            raise
+        finally:
+            audit_feedback_call(
+                service_id=service_id if registry.get(service_id) is not None else "(unknown service)",
+                status=status,
+                verified=caller,
+                client_address=request.client.host if request.client else None,
+                received=received,
+                new=new,
+                rejected=len(rejected),
+            )
+        answer: dict[str, Any] = {"received": received, "new": new}
         if rejected:
             answer["rejected"] = [{"index": i, "reason": why} for i, why in rejected]
         return ORJSONResponse(answer)
@@ -513,8 +570,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         log.warning("card preview page enabled at /preview: development instances only (no authentication)")
         register_preview(app, service)
-    # Outermost, so a request beyond the limit costs nothing but its 503.
+    # Outermost but one, so a request beyond the limit costs nothing but its 503.
     admission = Admission(limit=settings.max_concurrent_requests)
     app.state.admission = admission
     app.add_middleware(LoadShedder, admission=admission, retry_after_seconds=settings.retry_after_seconds)
+    # Outermost: every answer, a shed 503 included, carries a request id and the resolved client.
+    app.add_middleware(RequestContext, trusted_proxies=parse_networks(settings.trusted_proxies))
     return app

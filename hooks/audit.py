@@ -1,5 +1,7 @@
-"""An audit trail of every hook call, shaped after FHIR R4 AuditEvent, written to the log stream
-(logger `calcinosis_cds.audit`, one JSON object per line) so the hospital's log pipeline keeps it.
+"""An audit trail of every hook call and every feedback call, shaped after FHIR R4 AuditEvent,
+under a logger of its own (`calcinosis_cds.audit`, one event per line) that `serve` sends to its
+own destination (`CALCINOSIS_AUDIT_LOG`: stderr, stdout or a file), so a site can route it to its
+SIEM apart from the operational log.
 
 Who called (the verified issuer, tenant and subject), which service and hook, when, and the
 outcome; the `hookInstance` ties it to the EHR's own audit. No patient identifier and no clinical
@@ -32,11 +34,62 @@ def audit_hook_call(
     client_address: str | None,
     cards: int | None = None,
     suppressed: int = 0,
+    refused: bool = False,
 ) -> None:
-    """Write one AuditEvent-shaped record for a service call (also for rejected calls)."""
-    who: dict[str, object] = {
-        "display": "unauthenticated (authentication disabled)" if verified is None else verified.issuer
-    }
+    """Write one AuditEvent-shaped record for a service call (also for rejected calls; `refused`:
+    the caller's token was not accepted, so the caller is unknown)."""
+    description = (
+        f"HTTP {status}"
+        + (f", {cards} cards" if cards is not None else "")
+        + (f", {suppressed} suppressed" if suppressed else "")
+    )
+    entity: list[dict[str, object]] | None = None
+    if hook_instance:
+        entity = [{"what": {"identifier": {"system": "urn:cds-hooks:hookInstance", "value": hook_instance}}}]
+    _write(hook, "E", service_id, status, description, verified, client_address, entity, refused)
+
+
+def audit_feedback_call(
+    *,
+    service_id: str,
+    status: int,
+    verified: VerifiedToken | None,
+    client_address: str | None,
+    received: int | None = None,
+    new: int | None = None,
+    rejected: int = 0,
+    refused: bool = False,
+) -> None:
+    """Write one AuditEvent-shaped record for a feedback call, refused ones included (401, 400,
+    404, 413, 503...): feedback writes to the store and can silence cards, so who sent it is on
+    record as for a hook call. Subtype `feedback`, action C (create)."""
+    description = (
+        f"HTTP {status}"
+        + (f", {received} items" if received is not None else "")
+        + (f", {new} new" if new is not None else "")
+        + (f", {rejected} rejected" if rejected else "")
+    )
+    _write("feedback", "C", service_id, status, description, verified, client_address, None, refused)
+
+
+def _write(
+    subtype: str,
+    action: str,
+    service_id: str,
+    status: int,
+    description: str,
+    verified: VerifiedToken | None,
+    client_address: str | None,
+    entity: list[dict[str, object]] | None,
+    refused: bool,
+) -> None:
+    if verified is not None:
+        display = verified.issuer
+    elif refused:
+        display = "not authenticated (token not accepted)"
+    else:
+        display = "unauthenticated (authentication disabled)"
+    who: dict[str, object] = {"display": display}
     if verified is not None:
         who["identifier"] = {"system": verified.issuer, "value": verified.subject or verified.issuer}
     agent: dict[str, object] = {"requestor": True, "who": who}
@@ -51,16 +104,16 @@ def audit_hook_call(
             "code": "rest",
             "display": "RESTful Operation",
         },
-        "subtype": [{"system": "urn:calcinosis-cds:cds-hooks", "code": hook}],
-        "action": "E",
-        "recorded": datetime.now(UTC).isoformat(),
+        "subtype": [{"system": "urn:calcinosis-cds:cds-hooks", "code": subtype}],
+        "action": action,
+        "recorded": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "outcome": _OUTCOME.get(status // 100, "12"),
-        "outcomeDesc": f"HTTP {status}"
-        + (f", {cards} cards" if cards is not None else "")
-        + (f", {suppressed} suppressed" if suppressed else ""),
+        "outcomeDesc": description,
         "agent": [agent],
         "source": {"observer": {"display": f"calcinosis-cds/{service_id}"}},
     }
-    if hook_instance:
-        event["entity"] = [{"what": {"identifier": {"system": "urn:cds-hooks:hookInstance", "value": hook_instance}}}]
-    audit_log.info(orjson.dumps(event).decode())
+    if entity:
+        event["entity"] = entity
+    # The message is the event's JSON (any formatter writes it whole); the JSON format embeds the
+    # event itself as `auditEvent` rather than a string inside a string.
+    audit_log.info(orjson.dumps(event).decode(), extra={"audit_event": event})

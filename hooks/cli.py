@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import uuid
 from datetime import date
@@ -29,7 +28,7 @@ from pydantic import ValidationError
 
 from fhir_mapping.mapping import bundle_resources
 from hooks import __version__
-from hooks.logs import LOG_FORMAT, protect_logs, server_log_config
+from hooks.logs import configure_command_logging, server_log_config
 from hooks.models import HookRequest
 from hooks.outbound import OutboundPolicy
 from hooks.overload import GuardedHttpToolsProtocol
@@ -225,24 +224,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Only `serve` accepts calls from an EHR; the other commands run locally for their user.
-        settings = Settings() if args.command == "serve" else Settings(auth_disabled=True)
+        # `--workers` goes through the settings' checks too: several workers with authentication
+        # on need a shared replay cache, or a token replayed to another worker is accepted.
+        workers = {"workers": args.workers} if getattr(args, "workers", None) else {}
+        settings = Settings(**workers) if args.command == "serve" else Settings(auth_disabled=True)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors())
         print(f"calcinosis-cds: invalid configuration: {problems}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
-    protect_logs()
+    configure_command_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         import uvicorn
+
+        if settings.audit_log not in ("stderr", "stdout"):
+            try:
+                Path(settings.audit_log).open("a", encoding="utf-8").close()
+            except OSError as error:
+                problem = f"audit_log: cannot append to it ({error.strerror})"
+                print(f"calcinosis-cds: invalid configuration: {problem}", file=sys.stderr)
+                return 2
 
         uvicorn.run(
             "hooks.app:create_app",
             factory=True,
             host=args.host or settings.host,
             port=args.port if args.port is not None else settings.port,
-            workers=args.workers or settings.workers,
+            workers=settings.workers,
             log_level=settings.log_level.lower(),
-            log_config=server_log_config(settings.log_level),
+            log_config=server_log_config(settings.log_level, settings.log_format, settings.audit_log),
+            # X-Forwarded-For is resolved by the app, from CALCINOSIS_TRUSTED_PROXIES only
+            # (hooks.request_context); uvicorn's own handling would trust 127.0.0.1 by default.
+            proxy_headers=False,
             http=GuardedHttpToolsProtocol,  # closes connections that never finish a header
             # Building the app (knowledge base, validators) holds a worker for seconds on a busy
             # machine; uvicorn's default of 5 s took that for a dead worker and restarted it.

@@ -16,10 +16,16 @@ calls it for its other commands.
 
 from __future__ import annotations
 
-import copy
 import logging
+import re
+import sys
 import traceback
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
+
+from hooks.request_context import current_request
 
 QUIET_LIBRARIES = ("httpx", "httpcore", "hpack")
 """Loggers that print URLs (with patient ids in search queries) below WARNING."""
@@ -68,7 +74,9 @@ _NO_MESSAGES = NoExceptionMessages()
 
 
 def protect_logs() -> None:
-    """Install the three protections (idempotent)."""
+    """Install the three protections (idempotent), and send Python's warnings through logging
+    (in the log's format, rather than as raw text on stderr)."""
+    logging.captureWarnings(True)
     for name in QUIET_LIBRARIES:
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() < logging.WARNING or logger.level < logging.WARNING:
@@ -84,23 +92,206 @@ def protect_logs() -> None:
                 target.addFilter(_NO_MESSAGES)
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# --- formats -------------------------------------------------------------------------------------
+
+LOG_FORMATS = ("json", "text")
+"""`CALCINOSIS_LOG_FORMAT`: one JSON object per line (log collectors, the container's default), or
+one line of text (a terminal)."""
+
+AUDIT_LOGGER = "calcinosis_cds.audit"
+"""The audit trail's logger: its own handler and stream (`CALCINOSIS_AUDIT_LOG`), not propagated."""
+
+ACCESS_LOGGER = "uvicorn.access"
+_QUERY = re.compile(r"\?[^ \"]*")
+_BASE_KEYS = frozenset({"time", "level", "logger", "message", "requestId"})
 
 
-def server_log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging configuration plus the service's own loggers (`calcinosis_cds`, with the
-    audit trail, and the libraries' warnings through the root logger). uvicorn applies it in every
-    worker process: with `--workers` above 1 the workers are new processes, and without it the
-    service's INFO lines, the audit trail included, went nowhere."""
-    from uvicorn.config import LOGGING_CONFIG
+class LogFields(dict[str, Any]):
+    """Named values of a log line, passed as its one argument (`log.info("hook call %s",
+    fields(status=200, cards=2))`). Any formatter prints them as `status=200 cards=2` (so a host
+    that installs its own logging still sees them); the JSON format writes them as keys."""
 
-    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["service"] = {"format": LOG_FORMAT}
-    config["handlers"]["service"] = {
-        "class": "logging.StreamHandler",
-        "formatter": "service",
-        "stream": "ext://sys.stderr",
+    def __str__(self) -> str:
+        return " ".join(f"{key}={_text_value(value)}" for key, value in self.items())
+
+
+def fields(**values: object) -> LogFields:
+    """The named values of a log line (`LogFields`)."""
+    return LogFields(values)
+
+
+def _split_fields(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+    """The record's message without its `LogFields`, and those fields."""
+    args = record.args
+    # logging unwraps a lone mapping argument: record.args is then the LogFields itself.
+    if isinstance(args, LogFields):
+        return str(record.msg).replace("%s", "").strip(), dict(args)
+    if isinstance(args, tuple) and any(isinstance(a, LogFields) for a in args):
+        values: dict[str, Any] = {}
+        rest: list[object] = []
+        for arg in args:
+            if isinstance(arg, LogFields):
+                values.update(arg)
+                rest.append("")
+            else:
+                rest.append(arg)
+        return (str(record.msg) % tuple(rest)).strip(), values
+    return record.getMessage(), {}
+
+
+def utc_timestamp(created: float) -> str:
+    """ISO 8601 in UTC with milliseconds and `Z` (`2026-12-05T21:09:34.512Z`)."""
+    moment = datetime.fromtimestamp(created, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
+    """uvicorn's access record (`'%s - "%s %s HTTP/%s" %d'`: client, method, path, version,
+    status) as fields; the path without its query string even if the filter was not installed."""
+    args = record.args
+    if record.name != ACCESS_LOGGER or not isinstance(args, tuple) or len(args) != 5:
+        return None
+    client, method, path, version, status = args
+    host, _, port = str(client).rpartition(":")  # uvicorn writes "host:port", an IPv6 host unbracketed
+    address = host if port.isdigit() else str(client)
+    return {
+        "client": address,
+        "method": method,
+        "path": str(path).split("?", 1)[0],
+        "httpVersion": version,
+        "status": status,
     }
-    config["loggers"]["calcinosis_cds"] = {"handlers": ["service"], "level": level, "propagate": False}
-    config["root"] = {"handlers": ["service"], "level": "WARNING"}
-    return config
+
+
+def _exception_text(record: logging.LogRecord) -> str | None:
+    # Always the reduced traceback, whatever filters the record passed: the formatter is the
+    # last place an exception message could slip out.
+    if record.exc_info and record.exc_info[1] is not None:
+        return safe_traceback(record.exc_info[1])
+    return None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: `time` (UTC, ISO 8601), `level`, `logger`, `message`,
+    `requestId` while a request is served, the record's fields; the access line as fields
+    (`client`, `method`, `path`, `status`, `durationMs`), the audit line as `auditEvent`, an
+    exception as `exception` (types and frames only)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": utc_timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        current = current_request()
+        if current is not None:
+            entry["requestId"] = current.request_id
+        access = _access_fields(record)
+        audit_event = getattr(record, "audit_event", None)
+        if access is not None:
+            entry["message"] = f"{access['method']} {access['path']} {access['status']}"
+            entry.update(access)
+            if current is not None:
+                entry["durationMs"] = current.elapsed_ms()
+        elif audit_event is not None:
+            entry["message"] = "AuditEvent"
+            entry["auditEvent"] = audit_event
+        else:
+            message, values = _split_fields(record)
+            entry["message"] = message
+            for key, value in values.items():
+                if key not in _BASE_KEYS:
+                    entry[key] = value
+        exception = _exception_text(record)
+        if exception is not None:
+            entry["exception"] = exception
+        return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _text_value(value: object) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ",".join(str(v) for v in value) or "-"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+class TextFormatter(logging.Formatter):
+    """`<UTC time> <level> <logger> <message> key=value...`: the same content as the JSON format
+    for a person reading a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        current = current_request()
+        if record.name == ACCESS_LOGGER:
+            message = _QUERY.sub("", message)
+            if current is not None:
+                message += f" durationMs={current.elapsed_ms()}"
+        line = f"{utc_timestamp(record.created)} {record.levelname} {record.name} {message}"
+        if current is not None:
+            line += f" requestId={current.request_id}"
+        exception = _exception_text(record)
+        if exception is not None:
+            line += "\n" + exception
+        if record.stack_info:
+            line += "\n" + record.stack_info
+        return line
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of `CALCINOSIS_LOG_FORMAT`."""
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+def audit_handler_config(destination: str) -> dict[str, Any]:
+    """The audit trail's handler: `stderr`, `stdout`, or a file appended to (reopened when a log
+    rotator moves it: WatchedFileHandler)."""
+    if destination in ("stderr", "stdout"):
+        return {"class": "logging.StreamHandler", "formatter": "default", "stream": f"ext://sys.{destination}"}
+    return {
+        "class": "logging.handlers.WatchedFileHandler",
+        "formatter": "default",
+        "filename": destination,
+        "encoding": "utf-8",
+    }
+
+
+def server_log_config(level: str, log_format: str = "text", audit_destination: str = "stderr") -> dict[str, Any]:
+    """The logging configuration uvicorn applies in every worker process: uvicorn's own lines and
+    the service's on stderr, the access log on stdout, the audit trail on its own handler, all in
+    one format. With `--workers` above 1 the workers are new processes, and without it the
+    service's INFO lines, the audit trail included, went nowhere.
+
+    The audit trail is written at INFO whatever `level` is: raising the log level must not switch
+    off the record of who called."""
+    formatter_class = "hooks.logs.JsonFormatter" if log_format == "json" else "hooks.logs.TextFormatter"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        # uvicorn writes `use_colors` into these two names when asked to; both are ours.
+        "formatters": {"default": {"()": formatter_class}, "access": {"()": formatter_class}},
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"},
+            "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+            "audit": audit_handler_config(audit_destination),
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},
+            ACCESS_LOGGER: {"handlers": ["access"], "level": level, "propagate": False},
+            "calcinosis_cds": {"handlers": ["default"], "level": level, "propagate": False},
+            AUDIT_LOGGER: {"handlers": ["audit"], "level": "INFO", "propagate": False},
+        },
+        "root": {"handlers": ["default"], "level": "WARNING"},
+    }
+
+
+def configure_command_logging(level: str, log_format: str) -> None:
+    """Logging for the commands other than `serve` (`check`, `evaluate`, ...): stderr, the format
+    of the setting, the protections installed."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    protect_logs()

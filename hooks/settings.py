@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from hooks.request_context import parse_networks
+
 MAX_BODY_BYTES_DEFAULT = 32 * 1024 * 1024
 """32 MiB: a 20-year dialysis history sent as prefetch (~30,000 Observations, ~28 MB) fits; the
 deployment's ingress annotation (`proxy-body-size: 32m`) matches it, and a test checks that."""
@@ -105,6 +107,20 @@ class Settings(BaseSettings):
         default=False, description="Serve the card preview page at /preview (development instances only)."
     )
     log_level: str = Field(default="INFO", description="Python log level.")
+    log_format: str = Field(
+        default="text",
+        description="json: one JSON object per line (the container's default); text: one line of text.",
+    )
+    audit_log: str = Field(
+        default="stderr",
+        min_length=1,
+        description="Where the audit trail (logger calcinosis_cds.audit) goes: stderr, stdout or a file path.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Addresses or CIDR blocks of the proxies in front (ingress); only their X-Forwarded-For "
+        "and X-Request-ID are believed.",
+    )
     max_concurrent_requests: int = Field(
         default=32,
         ge=1,
@@ -145,7 +161,9 @@ class Settings(BaseSettings):
         default=None, description="Address the metrics port binds to (default: the same as CALCINOSIS_HOST)."
     )
 
-    @field_validator("cors_origins", "local_fhir_servers", "suppression_override_codes", mode="before")
+    @field_validator(
+        "cors_origins", "local_fhir_servers", "suppression_override_codes", "trusted_proxies", mode="before"
+    )
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
@@ -180,6 +198,20 @@ class Settings(BaseSettings):
                 "redis:// URL (shared by the workers), or run one worker per process"
             )
         return self
+
+    @field_validator("log_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        log_format = value.strip().lower()
+        if log_format not in ("json", "text"):
+            raise ValueError("must be json or text")
+        return log_format
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # a typo must stop the start, not silently trust nothing
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -308,6 +308,27 @@ def test_with_authentication_several_workers_need_a_shared_replay_cache(
     assert Settings(workers=2, replay_cache_url="redis://127.0.0.1:1/0").workers == 2
 
 
+def test_the_workers_option_needs_a_shared_replay_cache_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --workers 2` used to skip the check that CALCINOSIS_WORKERS=2 gets."""
+    monkeypatch.setenv(
+        "CALCINOSIS_TRUSTED_CLIENTS",
+        json.dumps({"clients": [{"issuer": ISSUER, "jku": [BASE.replace("http", "https") + "/j"]}]}),
+    )
+    monkeypatch.setenv("CALCINOSIS_PUBLIC_BASE_URL", BASE)
+    monkeypatch.delenv("CALCINOSIS_AUTH_DISABLED", raising=False)
+    monkeypatch.delenv("CALCINOSIS_WORKERS", raising=False)
+    monkeypatch.delenv("CALCINOSIS_REPLAY_CACHE_URL", raising=False)
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve started two workers with an in-memory replay cache")
+
+    monkeypatch.setattr("uvicorn.run", started)
+    assert main(["serve", "--workers", "2"]) == 2
+    assert "CALCINOSIS_REPLAY_CACHE_URL" in capsys.readouterr().err
+
+
 def test_a_redis_replay_cache_warns_that_a_restart_reopens_the_window(
     key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
