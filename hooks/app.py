@@ -59,6 +59,7 @@ from hooks.stores import (
     open_feedback_store,
 )
 from hooks.suppression import CardSuppression, SuppressionUnavailableError, open_suppression_store
+from hooks.tracing import configure_from_environment, describe_call, instrument_app, instrument_client
 from hooks.wire import decode_hook_request
 
 log = logging.getLogger("calcinosis_cds")
@@ -254,6 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; the knowledge base and value sets load (and are checked) here."""
     settings = settings or Settings()
     protect_logs()
+    configure_from_environment()  # off unless OTEL_* variables ask for traces (hooks/tracing.py)
     service = CalcinosisService(settings)
     registry = build_registry(settings, service)
     feedback = open_feedback_store(settings.feedback_database_url, pool_size=settings.feedback_pool_size)
@@ -274,6 +276,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+            instrument_client(http)
             app.state.http = http
             # The knowledge base, value sets and FHIR validators are loaded and live for the whole
             # process: move them out of the collector's sight, and collect less often. A request's
@@ -318,6 +321,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.http = None
     app.state.authenticator = authenticator
     app.state.openapi_schemas = {}
+    instrument_app(app)
 
     app.add_middleware(
         CORSMiddleware,
@@ -391,6 +395,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await read_json(request, settings.max_body_bytes, decode_hook_request, settings.body_timeout_seconds),
             )
             hook_instance = str(hook_request.hook_instance)
+            describe_call(hook=declared.hook, service=declared.id, hook_instance=hook_instance)
             policy = authenticator.outbound_policy(verified)
             if hook_request.fhir_server is not None and not policy.allows(hook_request.fhir_server):
                 log.warning(
@@ -432,6 +437,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     ((card.get("source") or {}).get("topic") or {}).get("code", "none"), card["indicator"]
                 ).inc()
             status, cards = 200, len(issued)
+            describe_call(cards=cards)
             details.update(
                 suppressed=held,
                 skipped=skipped,

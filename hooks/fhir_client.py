@@ -33,6 +33,7 @@ import orjson
 from fhir_mapping.wire import decode_resource
 from hooks.metrics import FHIR_FETCHES, FHIR_LATENCY
 from hooks.outbound import FhirScope
+from hooks.tracing import fhir_fetch_attributes, traced
 
 FHIR_JSON = "application/fhir+json, application/json;q=0.9"
 ACCEPT_ENCODING = "gzip, deflate"  # only what `_decoder` can inflate in bounded steps
@@ -132,6 +133,7 @@ class FhirClient:
             headers["Authorization"] = f"Bearer {self.access_token}"
         return headers
 
+    @traced("FHIR fetch", lambda self, url: fhir_fetch_attributes(url))
     async def get_json(self, url: str) -> dict[str, Any] | None:
         """GET a URL on this server; None for 404/410 (no such resource)."""
         started = time.perf_counter()

@@ -37,6 +37,7 @@ from hooks.fhir_client import ByteBudget, FhirClient, FhirFetchError, SearchResu
 from hooks.models import FHIR_ID, HookRequest
 from hooks.outbound import OutboundPolicy
 from hooks.settings import Settings
+from hooks.tracing import traced
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +308,7 @@ class PrefetchResolver:
             ByteBudget(self.settings.fhir_max_request_bytes),
         )
 
+    @traced("prefetch resolution")
     async def resolve(self, request: HookRequest, patient_id: str) -> ResolvedData:
         """All data for the request, or `DataUnobtainableError`."""
         data = ResolvedData()

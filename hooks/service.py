@@ -22,6 +22,7 @@ from hooks.models import HookRequest, HookResponse, PatientViewContext, ServiceD
 from hooks.outbound import OutboundPolicy
 from hooks.prefetch import PrefetchResolver, ResolvedData, lab_window, prefetch_keys
 from hooks.settings import Settings
+from hooks.tracing import step
 
 if TYPE_CHECKING:
     from hooks.registry import DeclaredService
@@ -146,10 +147,17 @@ class CalcinosisService:
         self, resources: list[dict[str, Any]], patient_id: str, hook_instance: uuid.UUID, as_of: datetime | None = None
     ) -> HookResponse:
         """Cards for resources already in hand (also used by `evaluate` on a Bundle)."""
-        result = assess_resources(resources, as_of or datetime.now(UTC), patient_id, self.terminology, self.knowledge)
-        if result.assessment is None and result.unreadable_documentation:
-            cards = [unreadable_card(self.knowledge, hook_instance)]
-        else:
-            cards = render_cards(result.assessment, self.knowledge, hook_instance, patient_id, self.settings.workup_cap)
-        self.card_ids.sign_cards(cards)
+        with step("assessment"):
+            result = assess_resources(
+                resources, as_of or datetime.now(UTC), patient_id, self.terminology, self.knowledge
+            )
+        with step("rendering") as span:
+            if result.assessment is None and result.unreadable_documentation:
+                cards = [unreadable_card(self.knowledge, hook_instance)]
+            else:
+                cards = render_cards(
+                    result.assessment, self.knowledge, hook_instance, patient_id, self.settings.workup_cap
+                )
+            self.card_ids.sign_cards(cards)
+            span.set_attribute("calcinosis.cards", len(cards))
         return HookResponse(cards=cards)

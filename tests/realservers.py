@@ -2,8 +2,9 @@
 thread, and the service itself run by its own command line in a child process.
 
 The FHIR server answers reads (`Type/id`) and searches (`Type?...`) from a chart, and records every
-request it receives (path with query, and the Authorization header), so a test can assert where
-the service's bearer token went. `pages` lets a test add next links that point wherever it likes.
+request it receives (path with query, the Authorization and W3C `traceparent` headers), so a test
+can assert where the service's bearer token went and which trace a fetch belongs to. `pages` lets
+a test add next links that point wherever it likes.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Seen:
 
     path: str
     authorization: str | None
+    traceparent: str | None = None
 
 
 Answer = Callable[[str], tuple[int, Any] | None]
@@ -86,6 +88,7 @@ def fhir_server(server: FhirServer) -> Iterator[FhirServer]:
         def do_GET(self) -> None:
             status, body = server.respond(self.path)
             server.seen[-1].authorization = self.headers.get("Authorization")
+            server.seen[-1].traceparent = self.headers.get("traceparent")
             data = orjson.dumps(body)
             self.send_response(status)
             self.send_header("Content-Type", "application/fhir+json")

@@ -1,0 +1,336 @@
+"""Tracing (hooks/tracing.py): one trace per hook call, W3C `traceparent` in and out, steps as spans,
+and no patient data in anything an exporter receives.
+
+The spans are collected with the SDK's in-memory exporter behind the same filter the OTLP exporter
+sits behind; the FHIR server is a real HTTP server on a loopback port (tests/realservers.py) that
+records the `traceparent` each fetch carried. The leak scan is shown to work: with the filter taken
+out of the pipeline it finds the patient's id in the instrumentations' URL attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from hooks import tracing
+from hooks.app import create_app
+from hooks.settings import Settings
+from tests.charts import ICD10, Chart
+from tests.hookclient import hook_request
+from tests.realservers import FhirServer, fhir_server, service_process
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+INCOMING = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
+SERVICE = "/cds-services/calcinosis"
+
+PATIENT_ID = "tr-8841-whitcombe"
+FAMILY, GIVEN, BIRTH_DATE = "Whitcombe", "Marisol", "1958-03-17"
+TOKEN = "fhir-token-trace-9d2f"
+#: Everything in this chart or request that is about the patient (or grants access to the record):
+#: the id, the name, the birth date, the codes of the record and the values of its labs.
+PATIENT_DATA = (
+    PATIENT_ID,
+    FAMILY,
+    GIVEN,
+    BIRTH_DATE,
+    "L94.2",
+    "M34.1",
+    "CR(E)ST",
+    "17861-6",
+    "2777-1",
+    "10.37",
+    "3.61",
+    "Left knee",
+    TOKEN,
+)
+
+
+def traced_chart() -> Chart:
+    chart = Chart(patient_id=PATIENT_ID, birth_date=BIRTH_DATE)
+    patient = next(r for r in chart.resources if r["resourceType"] == "Patient")
+    patient["name"] = [{"family": FAMILY, "given": [GIVEN]}]
+    chart.calcinosis(body_sites=["Left knee"])
+    chart.condition("M34.1", ICD10, "CR(E)ST syndrome")
+    chart.mineral_panel(10.37, 4.13, 3.61)
+    return chart
+
+
+def _collecting(filtered: bool) -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(tracing.filtered(exporter, batch=False) if filtered else SimpleSpanProcessor(exporter))
+    tracing.enable(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.disable()
+        provider.shutdown()
+
+
+@pytest.fixture
+def exported() -> Iterator[InMemorySpanExporter]:
+    """Spans as an exporter receives them: through the patient data filter."""
+    yield from _collecting(filtered=True)
+
+
+@pytest.fixture
+def unfiltered() -> Iterator[InMemorySpanExporter]:
+    """Spans with the filter switched off, to show that the leak scan finds what it looks for."""
+    yield from _collecting(filtered=False)
+
+
+def call_through_a_fhir_server(
+    chart: Chart, headers: dict[str, str] | None = None
+) -> tuple[httpx.Response, FhirServer]:
+    """A patient-view call with no prefetch: everything is fetched from a real FHIR server."""
+    server = FhirServer(resources=chart.resources)
+    with fhir_server(server):
+        base = server.url + "/r4"
+        app = create_app(
+            Settings(auth_disabled=True, feedback_database_url="memory://", metrics_port=0, local_fhir_servers=[base])
+        )
+        body = hook_request(chart, prefetch={}, fhirServer=base)
+        body["fhirAuthorization"] = {
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "calcinosis-cds",
+        }
+
+        async def scenario() -> httpx.Response:
+            async with app.router.lifespan_context(app):  # the app's own outbound client
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
+                    return await client.post(SERVICE, json=body, headers=headers)
+
+        response = asyncio.run(scenario())
+    assert response.status_code == 200, response.text
+    assert [c["source"]["topic"]["code"] for c in response.json()["cards"]][:1] == ["subtype"]
+    return response, server
+
+
+def patient_data_in(spans: Sequence[ReadableSpan], data: Sequence[str] = PATIENT_DATA) -> list[str]:
+    """Every place a span shows one of `data`: its name, attributes, events, links, status."""
+    found = []
+    for span in spans:
+        texts = [span.name, span.status.description or ""]
+        texts += [f"{key}={value}" for key, value in (span.attributes or {}).items()]
+        for event in span.events:
+            texts.append(event.name)
+            texts += [f"{key}={value}" for key, value in (event.attributes or {}).items()]
+        for link in span.links:
+            texts += [f"{key}={value}" for key, value in (link.attributes or {}).items()]
+        for text in texts:
+            found += [f"{span.name!r}: {item!r} in {text[:160]!r}" for item in data if item.lower() in text.lower()]
+    return found
+
+
+def test_one_trace_per_hook_call_with_a_span_for_each_step(exported: InMemorySpanExporter) -> None:
+    response, server = call_through_a_fhir_server(traced_chart(), {"traceparent": INCOMING})
+    spans = exported.get_finished_spans()
+    # The caller's trace continues (W3C traceparent in): one trace, under the caller's span.
+    assert {format(s.context.trace_id, "032x") for s in spans} == {TRACE_ID}
+    [call] = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert call.name == "POST /cds-services/{service_id}"
+    assert call.parent is not None and format(call.parent.span_id, "016x") == CALLER_SPAN
+    attributes = call.attributes or {}
+    assert attributes["calcinosis.hook"] == "patient-view" and attributes["calcinosis.service"] == "calcinosis"
+    assert attributes["calcinosis.cards"] == len(response.json()["cards"])
+    assert attributes["http.route"] == "/cds-services/{service_id}"
+
+    by_id = {s.context.span_id: s for s in spans}
+
+    def parent_name(span: ReadableSpan) -> str:
+        return by_id[span.parent.span_id].name if span.parent and span.parent.span_id in by_id else "-"
+
+    steps = [s.name for s in spans if parent_name(s) == call.name]
+    assert sorted(set(steps)) == ["assessment", "prefetch resolution", "rendering"], steps
+    fetches = [s for s in spans if s.name == "FHIR fetch"]
+    # Each FHIR request the server saw is one fetch span of the prefetch resolution.
+    assert len(fetches) == len(server.seen) >= 3
+    assert {parent_name(s) for s in fetches} == {"prefetch resolution"}
+    assert {(s.attributes or {})["calcinosis.fhir.resource_type"] for s in fetches} >= {"Condition", "Observation"}
+    rendering = next(s for s in spans if s.name == "rendering")
+    assert (rendering.attributes or {})["calcinosis.cards"] == len(response.json()["cards"])
+    # Under each fetch, the httpx client span; its context went out as the request's traceparent.
+    clients = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert len(clients) == len(fetches) and {parent_name(s) for s in clients} == {"FHIR fetch"}
+    sent = {seen.traceparent for seen in server.seen}
+    assert sent == {f"00-{TRACE_ID}-{format(s.context.span_id, '016x')}-01" for s in clients}
+    # The hookInstance finds the trace from a log line or an audit record.
+    assert attributes["calcinosis.hook_instance"]
+
+
+def test_no_patient_data_in_any_span(exported: InMemorySpanExporter) -> None:
+    call_through_a_fhir_server(traced_chart(), {"traceparent": INCOMING})
+    spans = exported.get_finished_spans()
+    assert len(spans) > 5
+    assert patient_data_in(spans) == []
+    # What is left of a FHIR URL is its template.
+    urls = [str((s.attributes or {}).get("url.full") or (s.attributes or {}).get("http.url")) for s in spans]
+    assert any(url.endswith("/Condition?patient=") or "/Condition?" in url for url in urls), urls
+
+
+def test_the_scan_finds_patient_data_when_the_filter_is_off(unfiltered: InMemorySpanExporter) -> None:
+    """The instrumentations put the FHIR URLs (patient id in the query and path) in attributes:
+    without the filter the scan above would fail, so it is not a test that cannot fail."""
+    call_through_a_fhir_server(traced_chart())
+    found = patient_data_in(unfiltered.get_finished_spans())
+    assert any(repr(PATIENT_ID) in line for line in found), found
+
+
+def test_exception_messages_and_status_descriptions_do_not_reach_the_exporter(
+    exported: InMemorySpanExporter,
+) -> None:
+    provider = tracing.active()
+    assert provider is not None
+    tracer = provider.get_tracer("test")
+    with pytest.raises(ValueError), tracer.start_as_current_span("fetch", attributes={"url.full": "x"}):
+        raise ValueError(f"no Patient/{PATIENT_ID} on https://fhir.example/r4")
+    with pytest.raises(KeyError), tracing.step("assessment"):
+        raise KeyError(FAMILY)
+    spans = exported.get_finished_spans()
+    assert patient_data_in(spans) == []
+    fetch = next(s for s in spans if s.name == "fetch")
+    assert fetch.status.status_code == StatusCode.ERROR and fetch.status.description is None
+    # The event says that it failed and how (the type), not the message nor the stack trace.
+    assert [(e.name, dict(e.attributes or {})) for e in fetch.events] == [
+        ("exception", {"exception.type": "ValueError", "exception.escaped": "False"})
+    ]
+    assessment = next(s for s in spans if s.name == "assessment")
+    assert assessment.status.status_code == StatusCode.ERROR
+    assert dict(assessment.attributes or {}) == {"error.type": "KeyError"} and not assessment.events
+
+
+def test_url_templates_keep_resource_types_and_parameter_names_only() -> None:
+    template = tracing.url_template
+    assert template("https://fhir.example/r4/Patient/Smith") == "https://fhir.example/{}/Patient/{}"
+    assert (
+        template("http://127.0.0.1:8080/r4/Observation?patient=Patient/pat-1&code=http://loinc.org|17861-6&_count=50")
+        == "http://127.0.0.1:8080/{}/Observation?_count=&code=&patient="
+    )
+    assert template("MedicationRequest?subject=pat-1") == "MedicationRequest?subject="
+    assert template("Patient/pat-1/$everything") == "Patient/{}/$everything"
+    # A capitalised id is not taken for a resource type, nor a FHIR data type name.
+    assert template("Patient/Whitcombe") == "Patient/{}"
+    assert template("Patient/HumanName") == "Patient/{}"
+
+
+@pytest.mark.parametrize(
+    ("environ", "on"),
+    [
+        ({}, False),
+        ({"OTEL_SERVICE_NAME": "cds"}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, False),
+    ],
+)
+def test_tracing_is_off_unless_an_otel_variable_selects_an_exporter(environ: dict[str, str], on: bool) -> None:
+    assert tracing.tracing_requested(environ) is on
+    assert (tracing.provider_from_environment(environ) is not None) is on
+
+
+def test_an_exporter_this_build_cannot_run_is_refused_at_start() -> None:
+    with pytest.raises(tracing.TracingConfigError, match="zipkin"):
+        tracing.provider_from_environment({"OTEL_TRACES_EXPORTER": "zipkin"})
+    with pytest.raises(tracing.TracingConfigError, match="grpc"):
+        tracing.provider_from_environment({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+
+
+def test_without_otel_variables_the_app_is_not_instrumented(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER"):
+        monkeypatch.delenv(name, raising=False)
+    app = create_app(Settings(auth_disabled=True, feedback_database_url="memory://", metrics_port=0))
+    assert tracing.active() is None
+    assert not getattr(app, "_is_instrumented_by_opentelemetry", False)
+
+
+class _Collector:
+    """An OTLP/HTTP trace receiver on a loopback port: keeps every export request it is sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.raw: list[bytes] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                collector.raw.append(body)
+                message = ExportTraceServiceRequest()
+                message.ParseFromString(body)
+                collector.requests.append(message)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def span_names(self) -> list[str]:
+        return [
+            span.name
+            for request in self.requests
+            for resource in request.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
+
+
+def test_the_service_exports_its_traces_over_otlp_when_the_endpoint_is_set() -> None:
+    """The command a site runs, configured by the standard variables only: the spans reach an
+    OTLP/HTTP collector, with the service's name, and the bytes sent hold no patient data."""
+    collector = _Collector()
+    collector.thread.start()
+    chart = traced_chart()
+    server = FhirServer(resources=chart.resources)
+    try:
+        with fhir_server(server):
+            base = server.url + "/r4"
+            env = {
+                "CALCINOSIS_AUTH_DISABLED": "true",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            }
+            with service_process(env) as service:
+                body = hook_request(chart, prefetch={}, fhirServer=base)
+                answer = httpx.post(service.url + SERVICE, json=body, headers={"traceparent": INCOMING}, timeout=60)
+                assert answer.status_code == 200, answer.text
+                for _ in range(100):
+                    if "assessment" in collector.span_names():
+                        break
+                    threading.Event().wait(0.1)
+                log = service.log()
+    finally:
+        collector.httpd.shutdown()
+        collector.httpd.server_close()
+    names = collector.span_names()
+    assert {"POST /cds-services/{service_id}", "prefetch resolution", "FHIR fetch", "assessment", "rendering"} <= set(
+        names
+    ), (names, log[-2000:])
+    resource = {a.key: a.value.string_value for a in collector.requests[0].resource_spans[0].resource.attributes}
+    assert resource["service.name"] == "calcinosis-cds"
+    assert {seen.traceparent.split("-")[1] for seen in server.seen if seen.traceparent} == {TRACE_ID}
+    everything = b"".join(collector.raw)
+    assert [item for item in PATIENT_DATA if item.encode() in everything] == []
