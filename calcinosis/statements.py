@@ -584,9 +584,24 @@ def _subtype_words(
         summary = f"Elevated calciphylaxis risk: calcinosis cutis{where}; examine the skin for ischemic lesions"
         headline_lead, name = "", "Elevated calciphylaxis risk"
         evidence += [f.statement for f in top.findings if f.supports][:2]
+    entity = _idiopathic_entity(assessment, top)
+    if entity is not None:
+        # 5.3: a recognised idiopathic entity whose picture fits is named in the detail (first after
+        # the pattern), not in the summary: the entity is a suggestion about the name, not a finding.
+        evidence.insert(min(1, len(evidence)), f"Picture fits {entity[0].lower() + entity[1:]}")
     if assessment.suspected_only:
         summary = f"Suspected calcinosis cutis: if confirmed, consider {name}"
     return evidence, summary, f"{headline_lead} {name}".strip(), name
+
+
+def _idiopathic_entity(assessment: Assessment, top: SubtypeAssessment) -> str | None:
+    """ "Subepidermal calcified nodule: a solitary nodule of the head or neck in a child", when a
+    recognised idiopathic entity fits and the card is about normal labs without a cause."""
+    if top.subtype not in (Subtype.DYSTROPHIC, Subtype.IDIOPATHIC) or not assessment.idiopathic_entities:
+        return None
+    if top.subtype is Subtype.DYSTROPHIC and any(f.rule_id == "CC-DYS-CAUSE" for f in top.findings):
+        return None  # a recorded cause leads; the entity stays in the extension
+    return assessment.idiopathic_entities[0].finding.statement
 
 
 # ----- the workup card ---------------------------------------------------------------------------
