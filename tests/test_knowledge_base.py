@@ -76,3 +76,16 @@ def test_lab_retention_covers_every_window_twice() -> None:
     longest = max(item.lookback_days or 0 for item in kb.workup)
     longest = max(longest, int(kb.value("gate-lookback-days") + kb.value("ckd-chronicity-days")))
     assert kb.value("lab-retention-days") >= 2 * longest
+
+
+def test_a_folder_without_a_threshold_the_rules_read_fails_with_a_clear_message(tmp_path: Path) -> None:
+    """An older knowledge base (or an entry deleted by an edit) fails when loaded, naming what is
+    missing, instead of a KeyError in the middle of a request or a knowledge-diff run."""
+    folder = tmp_path / "knowledge"
+    shutil.copytree(PACKAGE / "knowledge", folder)
+    assert load_knowledge(folder).thresholds.keys() == load_knowledge().thresholds.keys()
+    data = json.loads((folder / "thresholds.json").read_text())
+    del data["thresholds"]["aki-creatinine-rise-hours"]
+    (folder / "thresholds.json").write_text(json.dumps(data))
+    with pytest.raises(KnowledgeBaseError, match="lacks aki-creatinine-rise-hours, which the rules of this version"):
+        load_knowledge(folder)
