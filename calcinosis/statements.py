@@ -601,6 +601,8 @@ def _idiopathic_entity(assessment: Assessment, top: SubtypeAssessment) -> str | 
         return None
     if top.subtype is Subtype.DYSTROPHIC and any(f.rule_id == "CC-DYS-CAUSE" for f in top.findings):
         return None  # a recorded cause leads; the entity stays in the extension
+    if any(d.raised_by for d in assessment.differentials):
+        return None  # a differential this record raises (gout at the elbow) is the sharper lead
     return assessment.idiopathic_entities[0].finding.statement
 
 

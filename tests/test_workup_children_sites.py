@@ -396,3 +396,20 @@ def test_the_scrotal_scenario_card_names_its_idiopathic_entity() -> None:
     statement = card_statements(assessment, default_knowledge()).subtype
     assert any(line.startswith("Picture fits idiopathic scrotal calcinosis") for line in statement.evidence)
     assert "scrotal" not in statement.summary  # a suggestion about the name, kept out of the headline
+
+
+def test_an_entity_is_not_named_on_the_card_when_a_differential_is_raised() -> None:
+    """An elbow nodule fits the site of tumoral calcinosis, but with gout on record the gouty tophus
+    differential is the lead: the card does not add a second, weaker name."""
+    for gout in (False, True):
+        chart = Chart(gender="male", birth_date=born(60))
+        chart.calcinosis(body_sites=["Left elbow"])
+        chart.mineral_panel(9.2, 4.2, 3.4, 20)
+        chart.medication("Cetirizine 10 MG Oral Tablet", 300)
+        if gout:
+            chart.condition("M10.9", ICD10, "Gout, unspecified")
+        assessment = chart.assess()
+        assert assessment is not None
+        assert "tumoral-calcinosis" in {e.entity_id for e in assessment.idiopathic_entities}
+        evidence = card_statements(assessment, default_knowledge()).subtype.evidence
+        assert any(line.startswith("Picture fits tumoral calcinosis") for line in evidence) is not gout
