@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from calcinosis import knowledge_base
-from calcinosis.knowledge_base import KnowledgeBaseError, load_knowledge
+from calcinosis.knowledge_base import KnowledgeBaseError, format_number, load_knowledge
 
 PACKAGE = Path(knowledge_base.__file__).parent
 
@@ -89,3 +89,11 @@ def test_a_folder_without_a_threshold_the_rules_read_fails_with_a_clear_message(
     (folder / "thresholds.json").write_text(json.dumps(data))
     with pytest.raises(KnowledgeBaseError, match="lacks aki-creatinine-rise-hours, which the rules of this version"):
         load_knowledge(folder)
+
+
+def test_no_threshold_meaning_restates_its_own_value() -> None:
+    """A meaning that spells its own number ("more than 5 years") goes stale when a reviewer edits
+    the value: meanings say "this", the value is stated once."""
+    for key, threshold in load_knowledge().thresholds.items():
+        number = format_number(threshold.value)
+        assert not re.search(rf"(?<![0-9.,]){re.escape(number)}(?![0-9]|[.,][0-9])", threshold.meaning), key
