@@ -26,6 +26,7 @@ from calcinosis.assessment import (
     DifferentialAssessment,
     Evidence,
     Likelihood,
+    MetabolicCause,
     RiskFactor,
     Subtype,
     SubtypeAssessment,
@@ -306,6 +307,50 @@ def _caxp_line(assessment: Assessment, kb: KnowledgeBase) -> str | None:
     return f"Ca x P {converted(caxp.value)} {display_unit('mg2/dL2')} ({relation} {kb.number('caxp-metastatic')}), {day(caxp.date)}"
 
 
+#: Causes of 5.2 named in a metastatic summary ("..., possibly from milk-alkali syndrome"). CKD-MBD is
+#: not: the summary already says "on dialysis" or "in CKD G4", and its line is in the detail.
+CAUSE_NAMES = {
+    MetabolicCause.PRIMARY_HYPERPARATHYROIDISM: "primary hyperparathyroidism",
+    MetabolicCause.TERTIARY_HYPERPARATHYROIDISM: "tertiary hyperparathyroidism",
+    MetabolicCause.MALIGNANCY: "hypercalcemia of malignancy",
+    MetabolicCause.VITAMIN_D_TOXICITY: "vitamin D toxicity",
+    MetabolicCause.GRANULOMATOUS: "granulomatous disease",
+    MetabolicCause.MILK_ALKALI: "milk-alkali syndrome",
+    MetabolicCause.HYPOPARATHYROIDISM: "hypoparathyroidism",
+    MetabolicCause.TUMOR_LYSIS: "tumor lysis",
+}
+
+
+def _cause_line(assessment: Assessment) -> str | None:
+    """The first cause of abnormal calcium or phosphate the record supports (5.2), as its finding
+    states it ("... with a suppressed PTH in a recorded malignancy: hypercalcemia of malignancy")."""
+    return assessment.causes[0].finding.statement if assessment.causes else None
+
+
+def _cause_name(assessment: Assessment) -> str | None:
+    for cause in assessment.causes:
+        if cause.cause in CAUSE_NAMES:
+            return CAUSE_NAMES[cause.cause]
+    return None
+
+
+def _calcium_words(assessment: Assessment) -> str:
+    """'corrected calcium 12.6 mg/dL', 'ionized calcium 1.46 mmol/L', 'calcium 2.81 mmol/L'."""
+    for name, label in (
+        ("corrected-calcium", "corrected calcium"),
+        ("ionized-calcium", "ionized calcium"),
+        ("total-calcium", "calcium"),
+    ):
+        derived = assessment.derived_value(name)
+        if derived is None or derived.value is None or not derived.inputs:
+            continue
+        if name == "corrected-calcium":
+            return f"{label} {converted(derived.value)} mg/dL"
+        number, unit = _unit_of(derived.inputs[0].reported or "")
+        return f"{label} {number} {display_unit(unit)}".strip()
+    return "raised calcium"
+
+
 def _phosphate_evidence(assessment: Assessment) -> Evidence | None:
     caxp = assessment.derived_value("calcium-phosphate-product")
     if caxp is not None:
@@ -441,7 +486,9 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
         if caxp:
             evidence.append(caxp)
         metastatic = assessment.subtype(Subtype.METASTATIC)
-        evidence += _finding(metastatic, "CC-MET-PTH", "CC-MET-VITD", "CC-MET-CAUSE", "CC-MET-CKD")[:1]
+        cause = _cause_line(assessment)
+        if cause:
+            evidence.append(cause)
         pattern = "severe hypercalcemia"
         summary = (
             f"Severe hypercalcemia (calcium at or above {kb.quantity('calcium-severe')}) with calcinosis cutis: "
@@ -517,21 +564,27 @@ def _subtype_words(
         caxp = _caxp_line(assessment, kb)
         above = caxp is not None and "(above" in caxp
         phosphate = _phosphate_evidence(assessment)
-        calcium = _calcium_line(assessment, kb)
-        if above and caxp:
-            evidence.append(caxp)
-        if phosphate is not None and any(f.rule_id == "CC-MET-P" for f in top.findings):
-            evidence.append(lab_line(phosphate, "above"))
-        if calcium and any(f.rule_id == "CC-MET-CA" for f in top.findings):
-            evidence.append(calcium)
-        evidence += _finding(top, "CC-MET-CKD", "CC-MET-PTH", "CC-MET-VITD", "CC-MET-CAUSE")[:1]
+        phosphate_high = phosphate is not None and any(f.rule_id == "CC-MET-P" for f in top.findings)
+        calcium_high = any(f.rule_id == "CC-MET-CA" for f in top.findings)
+        calcium = _calcium_line(assessment, kb) if calcium_high else None
+        values = [line for line in (caxp if above else None, calcium) if line]
+        if phosphate is not None and phosphate_high:
+            values.append(lab_line(phosphate, "above"))
+        cause_line = _cause_line(assessment)
+        # The two strongest values, then the cause the data support (5.2); three values without one.
+        evidence += values[:2] + [cause_line] if cause_line else values[:3]
         if above and caxp:
             strongest = caxp.split(",")[0]
-        elif phosphate is not None and any(f.rule_id == "CC-MET-P" for f in top.findings):
+        elif calcium_high:
+            strongest = _calcium_words(assessment) + " above range"
+        elif phosphate is not None and phosphate_high:
             strongest = f"phosphate {as_reported(phosphate)} above range"
         else:
             strongest = "raised calcium"
-        summary = f"{confidence} {name}: calcinosis cutis{where} with {strongest}"
+        summary = f"{confidence} {name}{where}: {strongest}"
+        named = _cause_name(assessment)
+        if named:
+            summary += f", possibly from {named}"
     elif top.subtype is Subtype.DYSTROPHIC:
         causes = _first_evidence(top, "CC-DYS-CAUSE")
         labs = _calcium_line(assessment, kb)
