@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -92,3 +94,17 @@ def test_an_unclassified_subtype_lists_the_differentials_to_consider() -> None:
     statements = card_statements(assessment, default_knowledge())
     assert statements.subtype.summary.startswith("Calcinosis cutis: cannot classify the subtype")
     assert statements.differentials is not None and statements.differentials_shown
+
+
+def test_every_rule_id_the_statements_read_is_one_the_rules_produce() -> None:
+    """The statements pick findings by rule id; an id no rule emits any more (a rule renamed)
+    would silently drop a line from every card. Each id named in statements.py must be emitted by
+    a rule module. (Causes are read from `assessment.causes`, not by id: see the card-wording
+    test that every supported cause reaches the first screen.)"""
+    package = Path(__file__).resolve().parents[1] / "calcinosis"
+    read = set(re.findall(r'"((?:CC|DX)-[A-Z0-9-]+)"', (package / "statements.py").read_text(encoding="utf-8")))
+    emitted = "\n".join(
+        p.read_text(encoding="utf-8") for p in package.glob("*.py") if p.name not in ("statements.py", "__init__.py")
+    )
+    assert read
+    assert not [rule for rule in read if f'"{rule}"' not in emitted]
