@@ -402,12 +402,27 @@ def _other_subtypes(assessment: Assessment, top: Subtype | None) -> str:
 def _missing(assessment: Assessment, workup: WorkupStatement | None, limit: int = 3) -> str | None:
     if workup is None or not workup.orders:
         return None
-    names = [short_label(gap) for gap in workup.orders[:limit]]
-    more = len(workup.orders) + len(workup.later) - len(names)
-    text = "Not on file: " + ", ".join(names)
+    shown = workup.orders[:limit]
+    absent = [short_label(gap) for gap in shown if gap.last_result is None]
+    dated = [f"{short_label(gap)} (last {day(gap.last_result.date)})" for gap in shown if gap.last_result is not None]
+    more = len(workup.orders) + len(workup.later) - len(shown)
+    # A result older than its look-back is "out of date", not "not on file" (it is on file).
+    parts = ([f"Not on file: {', '.join(absent)}"] if absent else []) + (
+        [f"out of date: {', '.join(dated)}" if absent else f"Out of date: {', '.join(dated)}"] if dated else []
+    )
+    text = "; ".join(parts)
     if more > 0:
         text += f" and {more} more"
     return text + " (see the workup card)."
+
+
+def _why(gap: WorkupGap) -> str:
+    """'Why Intact PTH: <reason>. Last result 3 Mar 2025, more than 365 days ago.' The window is the
+    item's look-back from the knowledge base, so an edited window is what the card states."""
+    text = f"Why {short_label(gap)}: {gap.reason.rstrip('.')}."
+    if gap.last_result is not None and gap.lookback_days is not None:
+        text += f" Last result {day(gap.last_result.date)}, more than {gap.lookback_days} days ago."
+    return text
 
 
 def short_label(gap: WorkupGap) -> str:
@@ -693,7 +708,7 @@ def workup_statement(
         if later
         else None
     )
-    further = [f"Why {short_label(gap)}: {gap.reason.rstrip('.')}." for gap in orders]
+    further = [_why(gap) for gap in orders]
     if assessment.suppressed_workup and suspected_calciphylaxis(assessment):
         further.insert(0, f"Not suggested: {_biopsy_caution(kb)}")
     statement = Statement(

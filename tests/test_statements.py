@@ -7,14 +7,16 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from calcinosis.assessment import Evidence
 from calcinosis.knowledge_base import default_knowledge
 from calcinosis.statements import as_reported, card_statements, converted, day, shorten
+from fhir_mapping import assess_resources
 from hooks.cards import render_cards
-from tests.charts import Chart
+from tests.charts import AS_OF, Chart
 
 
 @given(st.lists(st.text(alphabet="abcdefghij", min_size=1, max_size=15), min_size=1, max_size=40))
@@ -108,3 +110,52 @@ def test_every_rule_id_the_statements_read_is_one_the_rules_produce() -> None:
     )
     assert read
     assert not [rule for rule in read if f'"{rule}"' not in emitted]
+
+
+def _ssc_with_pth(days_ago: float) -> Chart:
+    chart = Chart("stmt-pth-age")
+    chart.calcinosis(body_sites=["right index finger"])
+    chart.condition("M34.1", display="CR(E)ST syndrome")
+    chart.mineral_panel(9.4, 4.1, 3.6, 8)
+    chart.lab("2731-8", 40, "pg/mL", days_ago, low=15, high=65)
+    return chart
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["packaged-window", "edited-window"])
+def test_an_old_result_is_out_of_date_with_its_window_from_the_knowledge_base(moved: bool) -> None:
+    """A PTH older than its look-back is 'out of date (last <date>)', not 'not on file', and the
+    workup card states the window: the knowledge base's, so an edit changes the card."""
+    kb = default_knowledge()
+    window = kb.days("annual-lookback-days")
+    if moved:
+        kb = kb.with_thresholds({"annual-lookback-days": window + 60})
+    chart = _ssc_with_pth(window + 30)  # outside the packaged window, inside the edited one
+    assessment = assess_resources(chart.resources, AS_OF, chart.patient_id, knowledge=kb).assessment
+    assert assessment is not None
+    statements = card_statements(assessment, kb)
+    has_gap = "pth-intact" in {g.item_id for g in assessment.workup}
+    assert has_gap is not moved
+    if not moved:
+        assert statements.subtype.missing is not None
+        assert re.search(
+            r"[Oo]ut of date: Intact PTH \(last [0-9]+ [A-Z][a-z]{2} [0-9]{4}\)", statements.subtype.missing
+        )
+        assert "PTH" not in statements.subtype.missing.split("out of date")[0]
+        assert statements.workup is not None
+        why = next(line for line in statements.workup.statement.further if line.startswith("Why Intact PTH"))
+        assert why.endswith(f"more than {window} days ago.")
+    recent = _ssc_with_pth(window - 30).assess()
+    assert recent is not None and "pth-intact" not in {g.item_id for g in recent.workup}
+
+
+def test_an_edited_look_back_is_the_window_the_workup_card_states() -> None:
+    kb = default_knowledge()
+    window = kb.days("annual-lookback-days")
+    edited = kb.with_thresholds({"annual-lookback-days": window + 60})
+    chart = _ssc_with_pth(window + 90)  # outside both windows
+    assessment = assess_resources(chart.resources, AS_OF, chart.patient_id, knowledge=edited).assessment
+    assert assessment is not None
+    workup = card_statements(assessment, edited).workup
+    assert workup is not None
+    why = next(line for line in workup.statement.further if line.startswith("Why Intact PTH"))
+    assert why.endswith(f"more than {window + 60} days ago.") and f" {window} days" not in why
