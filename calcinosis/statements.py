@@ -226,6 +226,14 @@ def record_line(evidence: Evidence, prefix: str = "") -> str:
     return f"{prefix}{name}, {'since' if evidence.date else ''} {day(evidence.date)}".replace(",  ", ", ")
 
 
+def lower_first(text: str) -> str:
+    """A statement continued mid-sentence: "Gout recorded" -> "gout recorded", but acronyms and
+    units keep their case ("IV calcium", "PTH 1240 pg/mL", "CKD G4")."""
+    if not text or (len(text) > 1 and (text[1].isupper() or text[1].isdigit())):
+        return text
+    return text[0].lower() + text[1:]
+
+
 def _join(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
@@ -435,7 +443,7 @@ def _biopsy_caution(kb: KnowledgeBase) -> str:
     for item in kb.workup:
         if item.never_when == "calciphylaxis-suspected":
             why = (item.caution or "").split(": ", 1)[-1].rstrip(".")
-            label = item.label[0].lower() + item.label[1:]
+            label = lower_first(item.label)
             return f"Avoid {label} while calciphylaxis is suspected" + (f": {why}." if why else ".")
     return "Avoid skin biopsy while calciphylaxis is suspected."
 
@@ -656,7 +664,7 @@ def _subtype_words(
     if entity is not None:
         # 5.3: a recognised idiopathic entity whose picture fits is named in the detail (first after
         # the pattern), not in the summary: the entity is a suggestion about the name, not a finding.
-        evidence.insert(min(1, len(evidence)), f"Picture fits {entity[0].lower() + entity[1:]}")
+        evidence.insert(min(1, len(evidence)), f"Picture fits {lower_first(entity)}")
     if assessment.suspected_only:
         summary = f"Suspected calcinosis cutis: if confirmed, consider {name}"
     return evidence, summary, f"{headline_lead} {name}".strip(), name
@@ -740,12 +748,12 @@ def differentials_statement(assessment: Assessment) -> tuple[Statement | None, t
         label = differential.label
         if differential.raised_by:
             why = _join([f.statement.rstrip(".") for f in differential.raised_by[:2]])
-            line = f"{label}: raised by {why[0].lower() + why[1:]}."
+            line = f"{label}: raised by {lower_first(why)}."
         else:
             line = f"{label}: consider while the subtype is unclassified."
         lowered = [f.statement.rstrip(".") for f in differential.lowered_by[:1]]
         if lowered:
-            line += f" Against: {lowered[0][0].lower() + lowered[0][1:]}."
+            line += f" Against: {lower_first(lowered[0])}."
         line += f" Separating test: {differential.separating_test.rstrip('.')}."
         lines.append(line)
     first = shown[0]

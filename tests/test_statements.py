@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from calcinosis.assessment import Evidence
 from calcinosis.knowledge_base import default_knowledge
-from calcinosis.statements import as_reported, card_statements, converted, day, shorten
+from calcinosis.statements import as_reported, card_statements, converted, day, lower_first, shorten
 from fhir_mapping import assess_resources
 from hooks.cards import render_cards
 from tests.charts import AS_OF, Chart
@@ -159,3 +159,23 @@ def test_an_edited_look_back_is_the_window_the_workup_card_states() -> None:
     assert workup is not None
     why = next(line for line in workup.statement.further if line.startswith("Why Intact PTH"))
     assert why.endswith(f"more than {window + 60} days ago.") and f" {window} days" not in why
+
+
+def test_continuing_a_statement_keeps_acronyms() -> None:
+    """'raised by iV calcium in an infant' was seen on the differentials card."""
+    assert lower_first("IV calcium in an infant") == "IV calcium in an infant"
+    assert lower_first("PTH 1240 pg/mL") == "PTH 1240 pg/mL"
+    assert lower_first("Gout recorded") == "gout recorded"
+    assert lower_first("") == ""
+    chart = Chart("stmt-infant-iv", birth_date="2026-07-01")
+    chart.calcinosis(onset_days_ago=10, body_sites=["Left forearm"])
+    chart.mineral_panel(9.6, 3.9, 5.0)
+    chart.medication(
+        "Calcium Gluconate 100 MG/ML Injectable Solution", 25, kind="MedicationAdministration", route="Intravenous"
+    )
+    assessment = chart.assess()
+    assert assessment is not None
+    differentials = card_statements(assessment, default_knowledge()).differentials
+    assert differentials is not None
+    text = " ".join(differentials.evidence + differentials.further)
+    assert "raised by IV calcium" in text and "iV" not in text
