@@ -192,6 +192,8 @@ class KidneyStatus:
     acute_kidney_injury: bool = False
     aki_evidence: tuple[Evidence, ...] = ()
     no_estimate_reason: str | None = None
+    creatinine_rising: bool = False
+    """The acute kidney injury is read from a creatinine rise (KDIGO criteria), not from a code."""
 
     @property
     def advanced(self) -> bool:
@@ -626,6 +628,54 @@ class PatientContext:
                 found.append(condition)
         return found
 
+    def _creatinine_rise(self, creatinine: LabResult) -> LabResult | None:
+        """The earlier creatinine this one rose from by the KDIGO acute kidney injury criteria (at
+        least `aki-creatinine-rise` within `aki-creatinine-rise-hours`, or at least
+        `aki-creatinine-ratio` times within `aki-creatinine-ratio-days`), or None. A creatinine
+        moving that fast is not at steady state, so no equation is valid (clinical-knowledge.md
+        2.3a). Only the results of the preceding window are read (the list is newest first)."""
+        kb = self.kb
+        if creatinine.value is None or creatinine.comparator is not None:
+            return None
+        hours = timedelta(hours=kb.value("aki-creatinine-rise-hours"))
+        days = timedelta(days=kb.days("aki-creatinine-ratio-days"))
+        rise, ratio = kb.value("aki-creatinine-rise"), kb.value("aki-creatinine-ratio")
+        labs = self.labs(Analyte.CREATININE)
+        start = next((i for i, lab in enumerate(labs) if lab is creatinine), None)
+        if start is None:
+            return None
+        for earlier in labs[start + 1 :]:
+            gap = creatinine.effective - earlier.effective
+            if gap > max(hours, days):
+                break
+            if gap <= timedelta(0) or earlier.value is None or earlier.comparator is not None or earlier.value <= 0:
+                continue
+            if gap <= hours and creatinine.value - earlier.value >= rise - 1e-9:
+                return earlier
+            if gap <= days and creatinine.value >= ratio * earlier.value - 1e-9:
+                return earlier
+        return None
+
+    def _rise_near(self, moment: datetime) -> tuple[LabResult, LabResult] | None:
+        """(creatinine, the one it rose from) for a creatinine drawn within a day of `moment` (the
+        draw a reported eGFR was computed from) that meets the acute kidney injury criteria."""
+        for lab in self.labs(Analyte.CREATININE, moment - timedelta(days=1)):
+            if abs(lab.effective - moment) > timedelta(days=1):
+                continue
+            earlier = self._creatinine_rise(lab)
+            if earlier is not None:
+                return lab, earlier
+        return None
+
+    def _rise_words(self, creatinine: LabResult, earlier: LabResult) -> str:
+        kb = self.kb
+        return (
+            f"creatinine rose from {earlier.reported} to {creatinine.reported} "
+            f"(an acute kidney injury by creatinine: a rise of at least {kb.quantity('aki-creatinine-rise')} "
+            f"within {kb.quantity('aki-creatinine-rise-hours')}, or to {kb.number('aki-creatinine-ratio')} times "
+            f"within {kb.quantity('aki-creatinine-ratio-days')})"
+        )
+
     def _height_near(self, moment: datetime) -> LabResult | None:
         """The body height measured nearest to `moment`, within the knowledge base's window."""
         window = timedelta(days=self.kb.days("height-lookback-days"))
@@ -696,13 +746,13 @@ class PatientContext:
         for lab in self.labs(Analyte.EGFR):
             if lab.effective > before or lab.value is None or lab.comparator is not None:
                 continue
-            if lab.value < limit and not self._aki_at(lab.effective):
+            if lab.value < limit and not self._aki_at(lab.effective) and self._rise_near(lab.effective) is None:
                 return True
         for lab in self.labs(Analyte.CREATININE):
             if lab.effective > before or self._aki_at(lab.effective):
                 continue
             value, _, _, _ = self.estimate_egfr(lab)
-            if value is not None and value < limit:
+            if value is not None and value < limit and self._creatinine_rise(lab) is None:
                 return True
         return False
 
@@ -717,11 +767,15 @@ class PatientContext:
         height: LabResult | None = None
         not_reduced = False
         aki: list[ConditionFinding] = []
+        rising: tuple[LabResult, LabResult] | None = None
         why_not: str | None = None
         if egfr is not None and egfr.value is not None and egfr.comparator is None:
             value, method = egfr.value, METHOD_REPORTED
             aki = self._aki_at(egfr.effective)
-            if not aki:
+            rising = None if aki else self._rise_near(egfr.effective)
+            if rising is not None:
+                why_not = self._rise_words(*rising)
+            if not aki and rising is None:
                 category = self._category(egfr.value)
                 chronic = category in CKD_STAGES and self._chronic(egfr.effective)
         elif egfr is not None and egfr.comparator in (">", ">=") and egfr.value is not None:
@@ -734,8 +788,12 @@ class PatientContext:
             )
             if creatinine is not None:
                 aki = self._aki_at(creatinine.effective)
+                earlier = None if aki else self._creatinine_rise(creatinine)
                 if aki:
                     why_not = "creatinine drawn during a coded acute kidney injury: no equation is valid"
+                elif earlier is not None:
+                    rising = (creatinine, earlier)
+                    why_not = self._rise_words(creatinine, earlier) + ": no equation is valid"
                 else:
                     value, method, height, why_not = self.estimate_egfr(creatinine)
                     if value is not None:
@@ -802,9 +860,11 @@ class PatientContext:
             creatinine=creatinine,
             height=height,
             not_reduced=not_reduced,
-            acute_kidney_injury=bool(aki),
-            aki_evidence=tuple(condition_evidence(c) for c in aki),
+            acute_kidney_injury=bool(aki) or rising is not None,
+            aki_evidence=tuple(condition_evidence(c) for c in aki)
+            + (tuple(lab_evidence(lab) for lab in rising if lab is not creatinine) if rising else ()),
             no_estimate_reason=why_not,
+            creatinine_rising=rising is not None,
         )
 
     def kidney_derived(self) -> DerivedValue | None:
@@ -842,8 +902,10 @@ class PatientContext:
                     if kidney.chronic_confirmed
                     else f"single {below}: chronicity ({chronicity}) not shown by the record"
                 )
-        if kidney.acute_kidney_injury:
+        if kidney.acute_kidney_injury and not kidney.creatinine_rising:
             notes.append("taken during a coded acute kidney injury: not staged as chronic kidney disease")
+        elif kidney.creatinine_rising and kidney.egfr is not None:
+            notes.append(f"taken while the {kidney.no_estimate_reason}: not staged as chronic kidney disease")
         if kidney.not_reduced:
             notes.append("creatinine within the lab's age-specific range: kidney function not reduced (no category)")
         if kidney.no_estimate_reason and value is None:

@@ -158,6 +158,7 @@ class ClinicalConcept(StrEnum):
     ACUTE_KIDNEY_INJURY = "acute-kidney-injury"
     HYPOPARATHYROIDISM = "hypoparathyroidism"
     LIVER_CIRRHOSIS = "liver-cirrhosis"
+    DOWN_SYNDROME = "down-syndrome"
 
 
 class DrugClass(StrEnum):

@@ -348,6 +348,16 @@ def load_knowledge(directory: str | Path | None = None) -> KnowledgeBase:
             evidence=entry["evidence"],
         )
 
+    if folder is not None:
+        # The rules read thresholds by id: a folder without one the packaged file has (a deleted
+        # entry, or an older knowledge base than these rules) would fail mid-request. Say so now.
+        missing = sorted(set(default_knowledge().thresholds) - set(thresholds))
+        if missing:
+            raise KnowledgeBaseError(
+                f"thresholds.json lacks {', '.join(missing)}, which the rules of this version read"
+                " (is the knowledge base older than these rules?)"
+            )
+
     raw_items = _read("workup.json", folder).get("items")
     if not isinstance(raw_items, list):
         raise KnowledgeBaseError("workup.json: 'items' must be a list")

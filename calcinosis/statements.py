@@ -26,6 +26,7 @@ from calcinosis.assessment import (
     DifferentialAssessment,
     Evidence,
     Likelihood,
+    MetabolicCause,
     RiskFactor,
     Subtype,
     SubtypeAssessment,
@@ -225,6 +226,14 @@ def record_line(evidence: Evidence, prefix: str = "") -> str:
     return f"{prefix}{name}, {'since' if evidence.date else ''} {day(evidence.date)}".replace(",  ", ", ")
 
 
+def lower_first(text: str) -> str:
+    """A statement continued mid-sentence: "Gout recorded" -> "gout recorded", but acronyms and
+    units keep their case ("IV calcium", "PTH 1240 pg/mL", "CKD G4")."""
+    if not text or (len(text) > 1 and (text[1].isupper() or text[1].isdigit())):
+        return text
+    return text[0].lower() + text[1:]
+
+
 def _join(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
@@ -306,6 +315,50 @@ def _caxp_line(assessment: Assessment, kb: KnowledgeBase) -> str | None:
     return f"Ca x P {converted(caxp.value)} {display_unit('mg2/dL2')} ({relation} {kb.number('caxp-metastatic')}), {day(caxp.date)}"
 
 
+#: Causes of 5.2 named in a metastatic summary ("..., possibly from milk-alkali syndrome"). CKD-MBD is
+#: not: the summary already says "on dialysis" or "in CKD G4", and its line is in the detail.
+CAUSE_NAMES = {
+    MetabolicCause.PRIMARY_HYPERPARATHYROIDISM: "primary hyperparathyroidism",
+    MetabolicCause.TERTIARY_HYPERPARATHYROIDISM: "tertiary hyperparathyroidism",
+    MetabolicCause.MALIGNANCY: "hypercalcemia of malignancy",
+    MetabolicCause.VITAMIN_D_TOXICITY: "vitamin D toxicity",
+    MetabolicCause.GRANULOMATOUS: "granulomatous disease",
+    MetabolicCause.MILK_ALKALI: "milk-alkali syndrome",
+    MetabolicCause.HYPOPARATHYROIDISM: "hypoparathyroidism",
+    MetabolicCause.TUMOR_LYSIS: "tumor lysis",
+}
+
+
+def _cause_line(assessment: Assessment) -> str | None:
+    """The first cause of abnormal calcium or phosphate the record supports (5.2), as its finding
+    states it ("... with a suppressed PTH in a recorded malignancy: hypercalcemia of malignancy")."""
+    return assessment.causes[0].finding.statement if assessment.causes else None
+
+
+def _cause_name(assessment: Assessment) -> str | None:
+    for cause in assessment.causes:
+        if cause.cause in CAUSE_NAMES:
+            return CAUSE_NAMES[cause.cause]
+    return None
+
+
+def _calcium_words(assessment: Assessment) -> str:
+    """'corrected calcium 12.6 mg/dL', 'ionized calcium 1.46 mmol/L', 'calcium 2.81 mmol/L'."""
+    for name, label in (
+        ("corrected-calcium", "corrected calcium"),
+        ("ionized-calcium", "ionized calcium"),
+        ("total-calcium", "calcium"),
+    ):
+        derived = assessment.derived_value(name)
+        if derived is None or derived.value is None or not derived.inputs:
+            continue
+        if name == "corrected-calcium":
+            return f"{label} {converted(derived.value)} mg/dL"
+        number, unit = _unit_of(derived.inputs[0].reported or "")
+        return f"{label} {number} {display_unit(unit)}".strip()
+    return "raised calcium"
+
+
 def _phosphate_evidence(assessment: Assessment) -> Evidence | None:
     caxp = assessment.derived_value("calcium-phosphate-product")
     if caxp is not None:
@@ -357,12 +410,27 @@ def _other_subtypes(assessment: Assessment, top: Subtype | None) -> str:
 def _missing(assessment: Assessment, workup: WorkupStatement | None, limit: int = 3) -> str | None:
     if workup is None or not workup.orders:
         return None
-    names = [short_label(gap) for gap in workup.orders[:limit]]
-    more = len(workup.orders) + len(workup.later) - len(names)
-    text = "Not on file: " + ", ".join(names)
+    shown = workup.orders[:limit]
+    absent = [short_label(gap) for gap in shown if gap.last_result is None]
+    dated = [f"{short_label(gap)} (last {day(gap.last_result.date)})" for gap in shown if gap.last_result is not None]
+    more = len(workup.orders) + len(workup.later) - len(shown)
+    # A result older than its look-back is "out of date", not "not on file" (it is on file).
+    parts = ([f"Not on file: {', '.join(absent)}"] if absent else []) + (
+        [f"out of date: {', '.join(dated)}" if absent else f"Out of date: {', '.join(dated)}"] if dated else []
+    )
+    text = "; ".join(parts)
     if more > 0:
         text += f" and {more} more"
     return text + " (see the workup card)."
+
+
+def _why(gap: WorkupGap) -> str:
+    """'Why Intact PTH: <reason>. Last result 3 Mar 2025, more than 365 days ago.' The window is the
+    item's look-back from the knowledge base, so an edited window is what the card states."""
+    text = f"Why {short_label(gap)}: {gap.reason.rstrip('.')}."
+    if gap.last_result is not None and gap.lookback_days is not None:
+        text += f" Last result {day(gap.last_result.date)}, more than {gap.lookback_days} days ago."
+    return text
 
 
 def short_label(gap: WorkupGap) -> str:
@@ -375,7 +443,7 @@ def _biopsy_caution(kb: KnowledgeBase) -> str:
     for item in kb.workup:
         if item.never_when == "calciphylaxis-suspected":
             why = (item.caution or "").split(": ", 1)[-1].rstrip(".")
-            label = item.label[0].lower() + item.label[1:]
+            label = lower_first(item.label)
             return f"Avoid {label} while calciphylaxis is suspected" + (f": {why}." if why else ".")
     return "Avoid skin biopsy while calciphylaxis is suspected."
 
@@ -441,7 +509,9 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
         if caxp:
             evidence.append(caxp)
         metastatic = assessment.subtype(Subtype.METASTATIC)
-        evidence += _finding(metastatic, "CC-MET-PTH", "CC-MET-VITD", "CC-MET-CAUSE", "CC-MET-CKD")[:1]
+        cause = _cause_line(assessment)
+        if cause:
+            evidence.append(cause)
         pattern = "severe hypercalcemia"
         summary = (
             f"Severe hypercalcemia (calcium at or above {kb.quantity('calcium-severe')}) with calcinosis cutis: "
@@ -517,21 +587,27 @@ def _subtype_words(
         caxp = _caxp_line(assessment, kb)
         above = caxp is not None and "(above" in caxp
         phosphate = _phosphate_evidence(assessment)
-        calcium = _calcium_line(assessment, kb)
-        if above and caxp:
-            evidence.append(caxp)
-        if phosphate is not None and any(f.rule_id == "CC-MET-P" for f in top.findings):
-            evidence.append(lab_line(phosphate, "above"))
-        if calcium and any(f.rule_id == "CC-MET-CA" for f in top.findings):
-            evidence.append(calcium)
-        evidence += _finding(top, "CC-MET-CKD", "CC-MET-PTH", "CC-MET-VITD", "CC-MET-CAUSE")[:1]
+        phosphate_high = phosphate is not None and any(f.rule_id == "CC-MET-P" for f in top.findings)
+        calcium_high = any(f.rule_id == "CC-MET-CA" for f in top.findings)
+        calcium = _calcium_line(assessment, kb) if calcium_high else None
+        values = [line for line in (caxp if above else None, calcium) if line]
+        if phosphate is not None and phosphate_high:
+            values.append(lab_line(phosphate, "above"))
+        cause_line = _cause_line(assessment)
+        # The two strongest values, then the cause the data support (5.2); three values without one.
+        evidence += values[:2] + [cause_line] if cause_line else values[:3]
         if above and caxp:
             strongest = caxp.split(",")[0]
-        elif phosphate is not None and any(f.rule_id == "CC-MET-P" for f in top.findings):
+        elif calcium_high:
+            strongest = _calcium_words(assessment) + " above range"
+        elif phosphate is not None and phosphate_high:
             strongest = f"phosphate {as_reported(phosphate)} above range"
         else:
             strongest = "raised calcium"
-        summary = f"{confidence} {name}: calcinosis cutis{where} with {strongest}"
+        summary = f"{confidence} {name}{where}: {strongest}"
+        named = _cause_name(assessment)
+        if named:
+            summary += f", possibly from {named}"
     elif top.subtype is Subtype.DYSTROPHIC:
         causes = _first_evidence(top, "CC-DYS-CAUSE")
         labs = _calcium_line(assessment, kb)
@@ -584,9 +660,26 @@ def _subtype_words(
         summary = f"Elevated calciphylaxis risk: calcinosis cutis{where}; examine the skin for ischemic lesions"
         headline_lead, name = "", "Elevated calciphylaxis risk"
         evidence += [f.statement for f in top.findings if f.supports][:2]
+    entity = _idiopathic_entity(assessment, top)
+    if entity is not None:
+        # 5.3: a recognised idiopathic entity whose picture fits is named in the detail (first after
+        # the pattern), not in the summary: the entity is a suggestion about the name, not a finding.
+        evidence.insert(min(1, len(evidence)), f"Picture fits {lower_first(entity)}")
     if assessment.suspected_only:
         summary = f"Suspected calcinosis cutis: if confirmed, consider {name}"
     return evidence, summary, f"{headline_lead} {name}".strip(), name
+
+
+def _idiopathic_entity(assessment: Assessment, top: SubtypeAssessment) -> str | None:
+    """ "Subepidermal calcified nodule: a solitary nodule of the head or neck in a child", when a
+    recognised idiopathic entity fits and the card is about normal labs without a cause."""
+    if top.subtype not in (Subtype.DYSTROPHIC, Subtype.IDIOPATHIC) or not assessment.idiopathic_entities:
+        return None
+    if top.subtype is Subtype.DYSTROPHIC and any(f.rule_id == "CC-DYS-CAUSE" for f in top.findings):
+        return None  # a recorded cause leads; the entity stays in the extension
+    if any(d.raised_by for d in assessment.differentials):
+        return None  # a differential this record raises (gout at the elbow) is the sharper lead
+    return assessment.idiopathic_entities[0].finding.statement
 
 
 # ----- the workup card ---------------------------------------------------------------------------
@@ -623,7 +716,7 @@ def workup_statement(
         if later
         else None
     )
-    further = [f"Why {short_label(gap)}: {gap.reason.rstrip('.')}." for gap in orders]
+    further = [_why(gap) for gap in orders]
     if assessment.suppressed_workup and suspected_calciphylaxis(assessment):
         further.insert(0, f"Not suggested: {_biopsy_caution(kb)}")
     statement = Statement(
@@ -655,12 +748,12 @@ def differentials_statement(assessment: Assessment) -> tuple[Statement | None, t
         label = differential.label
         if differential.raised_by:
             why = _join([f.statement.rstrip(".") for f in differential.raised_by[:2]])
-            line = f"{label}: raised by {why[0].lower() + why[1:]}."
+            line = f"{label}: raised by {lower_first(why)}."
         else:
             line = f"{label}: consider while the subtype is unclassified."
         lowered = [f.statement.rstrip(".") for f in differential.lowered_by[:1]]
         if lowered:
-            line += f" Against: {lowered[0][0].lower() + lowered[0][1:]}."
+            line += f" Against: {lower_first(lowered[0])}."
         line += f" Separating test: {differential.separating_test.rstrip('.')}."
         lines.append(line)
     first = shown[0]

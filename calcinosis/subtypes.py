@@ -485,8 +485,9 @@ def assess_iatrogenic(ctx: PatientContext) -> SubtypeAssessment:
 def idiopathic_entities(ctx: PatientContext) -> tuple[IdiopathicEntity, ...]:
     """Recognised idiopathic entities whose picture fits (clinical-knowledge.md 5.3), from the
     calcinosis sites and words, sex and age: idiopathic scrotal (or vulvar) calcinosis, the
-    subepidermal calcified nodule, and normophosphatemic tumoral calcinosis. hFTC, with its high
-    phosphate, is a differential instead (section 8)."""
+    subepidermal calcified nodule, milia-like idiopathic calcinosis cutis (a child with Down
+    syndrome, or recorded as milia-like), and normophosphatemic tumoral calcinosis. hFTC, with its
+    high phosphate, is a differential instead (section 8)."""
     texts, _ = _lesion_sites(ctx)
     entries = ctx.conditions(ClinicalConcept.CALCINOSIS_CUTIS, ClinicalConcept.CALCINOSIS_CIRCUMSCRIPTA)
     words = " ".join(texts + tuple(c.text or c.source.display or "" for c in entries)).lower()
@@ -498,10 +499,11 @@ def idiopathic_entities(ctx: PatientContext) -> tuple[IdiopathicEntity, ...]:
     sources = ("StatPearls", "DermNet")
     found: list[IdiopathicEntity] = []
 
-    def add(entity_id: str, label: str, why: str) -> None:
-        found.append(
-            IdiopathicEntity(entity_id, label, RuleFinding("CC-IDIO-ENTITY", f"{label}: {why}", evidence, sources))
-        )
+    def add(
+        entity_id: str, label: str, why: str, more: tuple[Evidence, ...] = (), cited: tuple[str, ...] = sources
+    ) -> None:
+        finding = RuleFinding("CC-IDIO-ENTITY", f"{label}: {why}", evidence + more, cited)
+        found.append(IdiopathicEntity(entity_id, label, finding))
 
     if "scrot" in words and sex is not Sex.FEMALE:
         add("idiopathic-scrotal-calcinosis", "Idiopathic scrotal calcinosis", "scrotal nodules with normal labs")
@@ -513,6 +515,15 @@ def idiopathic_entities(ctx: PatientContext) -> tuple[IdiopathicEntity, ...]:
             "subepidermal-calcified-nodule",
             "Subepidermal calcified nodule",
             "a solitary nodule of the head or neck in a child" if child else "recorded as such",
+        )
+    down = ctx.conditions(ClinicalConcept.DOWN_SYNDROME)
+    if "milia-like" in words or "milia like" in words or (child and down):
+        add(
+            "milia-like-idiopathic-calcinosis",
+            "Milia-like idiopathic calcinosis cutis",
+            "a child with Down syndrome" if child and down else "recorded as milia-like",
+            tuple(condition_evidence(c) for c in down[:1]),
+            ("regionalderm",),
         )
     periarticular = any(w in words for w in ("periarticular", "tumoral", "hip", "shoulder", "elbow"))
     if periarticular and ctx.phosphate is not None and ctx.phosphate.status == NORMAL:

@@ -274,3 +274,45 @@ def test_link_labels_of_free_sources_carry_no_internal_words() -> None:
     assert linked
     found = {key: citation for key, citation in linked.items() if INTERNAL.search(citation)}
     assert not found, found
+
+
+# ----- the cause the data support is named (5.2, issue 12 item 2) ---------------------------------
+
+
+def _hypercalcemia_chart(carbonate: bool) -> Chart:
+    chart = Chart("cause-chart", gender="female", birth_date="1958-05-05")
+    chart.calcinosis(body_sites=["left forearm"])
+    chart.lab("17861-6", 12.6, "mg/dL", 4, low=8.5, high=10.2)
+    chart.lab("1751-7", 4.1, "g/dL", 4)
+    chart.lab("2777-1", 4.1, "mg/dL", 4, low=2.5, high=4.5)
+    chart.lab("98979-8", 75, "mL/min/{1.73_m2}", 4)
+    chart.lab("1963-8", 34, "mmol/L", 4, low=22, high=29)
+    if carbonate:
+        chart.medication("Calcium Carbonate 500 MG Chewable Tablet", 200, kind="MedicationStatement")
+    return chart
+
+
+@pytest.mark.parametrize("carbonate", [True, False], ids=["antacid-intake", "no-intake"])
+def test_milk_alkali_is_named_on_the_card_only_with_calcium_intake(carbonate: bool) -> None:
+    """Hypercalcemia with alkalosis: with calcium carbonate intake the summary says "possibly from
+    milk-alkali syndrome" and the first screen gives the reason; without intake it does not."""
+    assessment = _hypercalcemia_chart(carbonate).assess()
+    assert assessment is not None
+    statement = card_statements(assessment, default_knowledge()).subtype
+    assert statement.summary.split(": ", 1)[1].startswith("corrected calcium 12.6 mg/dL above range")
+    assert "metastatic calcification" in statement.summary.split(":")[0]
+    assert ("possibly from milk-alkali syndrome" in statement.summary) is carbonate
+    assert any("milk-alkali syndrome" in line for line in statement.evidence) is carbonate
+
+
+@pytest.mark.parametrize("name", [c.name for c in LIBRARY])
+def test_the_supported_cause_reaches_the_first_screen(name: str) -> None:
+    """Every cause the assessment supports (malignancy, hypoparathyroidism, milk-alkali, CKD-MBD,
+    ...) is stated on the metastatic or severe-hypercalcemia card's first screen."""
+    chart = next(c for c in LIBRARY if c.name == name)
+    assessment = assess_resources(chart.resources, chart.as_of, chart.patient_id).assessment
+    if assessment is None or not assessment.causes:
+        return
+    statement = card_statements(assessment, default_knowledge()).subtype
+    if statement.headline.startswith(("Pattern consistent with metastatic", "Possible metastatic", "Severe")):
+        assert assessment.causes[0].finding.statement in statement.evidence, (name, statement.evidence)

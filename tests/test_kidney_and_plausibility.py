@@ -7,6 +7,7 @@ the test follows a reviewed edit of thresholds.json.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -277,3 +278,84 @@ def test_chronicity_is_shown_by_estimates_from_older_creatinines_too() -> None:
     derived = kidney(assessment)
     assert derived is not None and derived.category == "G3b" and derived.method == "CKD-EPI 2021"
     assert "CC-MET-CKD" in rules(assessment, Subtype.METASTATIC)
+
+
+# ----- 2.3a: a creatinine rising by the KDIGO acute kidney injury criteria --------------------------
+
+RISE = KB.value("aki-creatinine-rise")
+RISE_HOURS = KB.value("aki-creatinine-rise-hours")
+RATIO = KB.value("aki-creatinine-ratio")
+RATIO_DAYS = KB.value("aki-creatinine-ratio-days")
+BASELINE = 1.0
+
+
+def rising_chart(latest: float, earlier_hours_before: float) -> Chart:
+    """An adult with no eGFR reported: a creatinine now (5 days before the assessment) and a
+    baseline of 1.0 mg/dL some hours before it."""
+    chart = Chart(gender="male", birth_date=born(60))
+    chart.calcinosis()
+    chart.mineral_panel(9.0, 4.1, 6.2, egfr=None)
+    chart.lab("2160-0", latest, "mg/dL", 5)
+    chart.lab("2160-0", BASELINE, "mg/dL", 5 + earlier_hours_before / 24)
+    return chart
+
+
+@pytest.mark.parametrize(
+    ("latest", "hours_before", "rising"),
+    [
+        (BASELINE + RISE, RISE_HOURS - 8, True),  # the absolute rise, inside its window
+        (BASELINE + RISE - 0.01, RISE_HOURS - 8, False),  # just below it
+        (BASELINE + RISE, RISE_HOURS + 2, False),  # the same rise, just outside its window
+        (BASELINE * RATIO, RATIO_DAYS * 24 - 12, True),  # the relative rise, inside its window
+        (BASELINE * RATIO - 0.01, RATIO_DAYS * 24 - 12, False),  # just below it
+        (BASELINE * RATIO, RATIO_DAYS * 24 + 12, False),  # the same rise, just outside its window
+    ],
+)
+def test_a_creatinine_rising_by_the_aki_criteria_is_not_estimated(
+    latest: float, hours_before: float, rising: bool
+) -> None:
+    """Only a steady creatinine gives an eGFR (2.3a): a rise meeting the KDIGO acute kidney injury
+    criteria blocks the estimate, like a coded AKI, and the record says why."""
+    assessment = rising_chart(latest, hours_before).assess()
+    derived = kidney(assessment)
+    assert derived is not None
+    if rising:
+        assert derived.value is None and derived.category is None
+        assert derived.note is not None and "acute kidney injury by creatinine" in derived.note
+        assert re.search(rf"rose from 1(\.0)? mg/dL to {latest:.1f} mg/dL", derived.note), derived.note
+        assert len([e for e in derived.inputs if e.kind == "creatinine"]) == 2  # both draws are cited
+    else:
+        assert derived.value is not None and derived.method == "CKD-EPI 2021"
+        assert "acute kidney injury" not in (derived.note or "")
+
+
+def test_a_falling_creatinine_is_no_aki() -> None:
+    """Recovery (creatinine falling) does not block the estimate."""
+    chart = Chart(gender="male", birth_date=born(60))
+    chart.calcinosis()
+    chart.lab("2160-0", 1.0, "mg/dL", 5)
+    chart.lab("2160-0", 2.0, "mg/dL", 6)
+    assert kidney(chart.assess()).method == "CKD-EPI 2021"  # type: ignore[union-attr]
+
+
+def test_a_reported_egfr_drawn_while_the_creatinine_rose_is_not_called_ckd() -> None:
+    """The lab's eGFR is computed from the same creatinine: during a rise it is not staged, and an
+    old eGFR below 60 taken during an earlier rise does not show chronicity either."""
+    chart = Chart(gender="male", birth_date=born(60))
+    chart.calcinosis()
+    chart.mineral_panel(9.0, 4.1, 6.2, egfr=38)
+    chart.lab("2160-0", 2.1, "mg/dL", 5)
+    chart.lab("2160-0", 1.2, "mg/dL", 6)
+    chart.lab("98979-8", 44, "mL/min/{1.73_m2}", 200)
+    assessment = chart.assess()
+    derived = kidney(assessment)
+    assert derived.category is None  # type: ignore[union-attr]
+    assert "not staged as chronic kidney disease" in (derived.note or "")  # type: ignore[union-attr]
+    assert "CC-MET-CKD" not in rules(assessment, Subtype.METASTATIC)
+    steady = Chart(gender="male", birth_date=born(60))
+    steady.calcinosis()
+    steady.mineral_panel(9.0, 4.1, 6.2, egfr=38)
+    steady.lab("2160-0", 2.1, "mg/dL", 5)
+    steady.lab("2160-0", 2.0, "mg/dL", 6)
+    steady.lab("98979-8", 44, "mL/min/{1.73_m2}", 200)
+    assert kidney(steady.assess()).category == "G3b"  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from calcinosis import knowledge_base
-from calcinosis.knowledge_base import KnowledgeBaseError, load_knowledge
+from calcinosis.knowledge_base import KnowledgeBaseError, format_number, load_knowledge
 
 PACKAGE = Path(knowledge_base.__file__).parent
 
@@ -76,3 +76,24 @@ def test_lab_retention_covers_every_window_twice() -> None:
     longest = max(item.lookback_days or 0 for item in kb.workup)
     longest = max(longest, int(kb.value("gate-lookback-days") + kb.value("ckd-chronicity-days")))
     assert kb.value("lab-retention-days") >= 2 * longest
+
+
+def test_a_folder_without_a_threshold_the_rules_read_fails_with_a_clear_message(tmp_path: Path) -> None:
+    """An older knowledge base (or an entry deleted by an edit) fails when loaded, naming what is
+    missing, instead of a KeyError in the middle of a request or a knowledge-diff run."""
+    folder = tmp_path / "knowledge"
+    shutil.copytree(PACKAGE / "knowledge", folder)
+    assert load_knowledge(folder).thresholds.keys() == load_knowledge().thresholds.keys()
+    data = json.loads((folder / "thresholds.json").read_text())
+    del data["thresholds"]["aki-creatinine-rise-hours"]
+    (folder / "thresholds.json").write_text(json.dumps(data))
+    with pytest.raises(KnowledgeBaseError, match="lacks aki-creatinine-rise-hours, which the rules of this version"):
+        load_knowledge(folder)
+
+
+def test_no_threshold_meaning_restates_its_own_value() -> None:
+    """A meaning that spells its own number ("more than 5 years") goes stale when a reviewer edits
+    the value: meanings say "this", the value is stated once."""
+    for key, threshold in load_knowledge().thresholds.items():
+        number = format_number(threshold.value)
+        assert not re.search(rf"(?<![0-9.,]){re.escape(number)}(?![0-9]|[.,][0-9])", threshold.meaning), key

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from calcinosis.assessment import Evidence
 from calcinosis.knowledge_base import default_knowledge
-from calcinosis.statements import as_reported, card_statements, converted, day, shorten
+from calcinosis.statements import as_reported, card_statements, converted, day, lower_first, shorten
+from fhir_mapping import assess_resources
 from hooks.cards import render_cards
-from tests.charts import Chart
+from tests.charts import AS_OF, Chart
 
 
 @given(st.lists(st.text(alphabet="abcdefghij", min_size=1, max_size=15), min_size=1, max_size=40))
@@ -92,3 +96,86 @@ def test_an_unclassified_subtype_lists_the_differentials_to_consider() -> None:
     statements = card_statements(assessment, default_knowledge())
     assert statements.subtype.summary.startswith("Calcinosis cutis: cannot classify the subtype")
     assert statements.differentials is not None and statements.differentials_shown
+
+
+def test_every_rule_id_the_statements_read_is_one_the_rules_produce() -> None:
+    """The statements pick findings by rule id; an id no rule emits any more (a rule renamed)
+    would silently drop a line from every card. Each id named in statements.py must be emitted by
+    a rule module. (Causes are read from `assessment.causes`, not by id: see the card-wording
+    test that every supported cause reaches the first screen.)"""
+    package = Path(__file__).resolve().parents[1] / "calcinosis"
+    read = set(re.findall(r'"((?:CC|DX)-[A-Z0-9-]+)"', (package / "statements.py").read_text(encoding="utf-8")))
+    emitted = "\n".join(
+        p.read_text(encoding="utf-8") for p in package.glob("*.py") if p.name not in ("statements.py", "__init__.py")
+    )
+    assert read
+    assert not [rule for rule in read if f'"{rule}"' not in emitted]
+
+
+def _ssc_with_pth(days_ago: float) -> Chart:
+    chart = Chart("stmt-pth-age")
+    chart.calcinosis(body_sites=["right index finger"])
+    chart.condition("M34.1", display="CR(E)ST syndrome")
+    chart.mineral_panel(9.4, 4.1, 3.6, 8)
+    chart.lab("2731-8", 40, "pg/mL", days_ago, low=15, high=65)
+    return chart
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["packaged-window", "edited-window"])
+def test_an_old_result_is_out_of_date_with_its_window_from_the_knowledge_base(moved: bool) -> None:
+    """A PTH older than its look-back is 'out of date (last <date>)', not 'not on file', and the
+    workup card states the window: the knowledge base's, so an edit changes the card."""
+    kb = default_knowledge()
+    window = kb.days("annual-lookback-days")
+    if moved:
+        kb = kb.with_thresholds({"annual-lookback-days": window + 60})
+    chart = _ssc_with_pth(window + 30)  # outside the packaged window, inside the edited one
+    assessment = assess_resources(chart.resources, AS_OF, chart.patient_id, knowledge=kb).assessment
+    assert assessment is not None
+    statements = card_statements(assessment, kb)
+    has_gap = "pth-intact" in {g.item_id for g in assessment.workup}
+    assert has_gap is not moved
+    if not moved:
+        assert statements.subtype.missing is not None
+        assert re.search(
+            r"[Oo]ut of date: Intact PTH \(last [0-9]+ [A-Z][a-z]{2} [0-9]{4}\)", statements.subtype.missing
+        )
+        assert "PTH" not in statements.subtype.missing.split("out of date")[0]
+        assert statements.workup is not None
+        why = next(line for line in statements.workup.statement.further if line.startswith("Why Intact PTH"))
+        assert why.endswith(f"more than {window} days ago.")
+    recent = _ssc_with_pth(window - 30).assess()
+    assert recent is not None and "pth-intact" not in {g.item_id for g in recent.workup}
+
+
+def test_an_edited_look_back_is_the_window_the_workup_card_states() -> None:
+    kb = default_knowledge()
+    window = kb.days("annual-lookback-days")
+    edited = kb.with_thresholds({"annual-lookback-days": window + 60})
+    chart = _ssc_with_pth(window + 90)  # outside both windows
+    assessment = assess_resources(chart.resources, AS_OF, chart.patient_id, knowledge=edited).assessment
+    assert assessment is not None
+    workup = card_statements(assessment, edited).workup
+    assert workup is not None
+    why = next(line for line in workup.statement.further if line.startswith("Why Intact PTH"))
+    assert why.endswith(f"more than {window + 60} days ago.") and f" {window} days" not in why
+
+
+def test_continuing_a_statement_keeps_acronyms() -> None:
+    """'raised by iV calcium in an infant' was seen on the differentials card."""
+    assert lower_first("IV calcium in an infant") == "IV calcium in an infant"
+    assert lower_first("PTH 1240 pg/mL") == "PTH 1240 pg/mL"
+    assert lower_first("Gout recorded") == "gout recorded"
+    assert lower_first("") == ""
+    chart = Chart("stmt-infant-iv", birth_date="2026-07-01")
+    chart.calcinosis(onset_days_ago=10, body_sites=["Left forearm"])
+    chart.mineral_panel(9.6, 3.9, 5.0)
+    chart.medication(
+        "Calcium Gluconate 100 MG/ML Injectable Solution", 25, kind="MedicationAdministration", route="Intravenous"
+    )
+    assessment = chart.assess()
+    assert assessment is not None
+    differentials = card_statements(assessment, default_knowledge()).differentials
+    assert differentials is not None
+    text = " ".join(differentials.evidence + differentials.further)
+    assert "raised by IV calcium" in text and "iV" not in text

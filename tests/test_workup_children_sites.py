@@ -12,6 +12,7 @@ from calcinosis import Subtype
 from calcinosis.assessment import Assessment
 from calcinosis.findings import Analyte
 from calcinosis.knowledge_base import default_knowledge
+from calcinosis.statements import card_statements
 from fhir_mapping.pipeline import default_terminology
 from fhir_mapping.terminology import LOINC
 from tests.charts import AS_OF, ICD10, SNOMED, Chart
@@ -328,3 +329,87 @@ def test_suspected_calciphylaxis_orders_coded_coagulation_and_inflammation_tests
     assert {"protein-c", "protein-s", "lupus-anticoagulant", "crp", "esr", "anca"} <= items
     chart.lab("27818-4", 85, "%", 5)
     assert "protein-c" not in workup(chart.assess())
+
+
+# ----- 5.3: milia-like idiopathic calcinosis cutis (children, Down syndrome) -------------------------
+
+
+def _child_papules(age: float, down: str | None) -> Chart:
+    """Multiple small calcified papules with normal labs (the lab's age-specific ranges)."""
+    chart = Chart(gender="male", birth_date=born(age))
+    chart.calcinosis(body_sites=["Both hands"], onset_days_ago=30)
+    if down is not None:
+        chart.condition(None, text=down)
+    chart.lab("17861-6", 9.6, "mg/dL", low=8.8, high=10.8)
+    chart.lab("1751-7", 4.3, "g/dL", low=3.5, high=5.2)
+    chart.lab("2777-1", 4.6, "mg/dL", low=3.7, high=5.6)
+    chart.medication("Cetirizine 10 MG Oral Tablet", 300)
+    return chart
+
+
+ADULT = default_knowledge().value("adult-age-years")
+
+
+@pytest.mark.parametrize(
+    ("age", "down", "named"),
+    [
+        (6, "Down syndrome", True),
+        (ADULT - 0.2, "Trisomy 21", True),  # a child, just below the adult age
+        (ADULT + 0.2, "Down syndrome", False),  # an adult, just above it
+        (6, None, False),  # no Down syndrome on record
+        (6, "Family history of Down syndrome", False),  # not the patient's
+    ],
+)
+def test_milia_like_idiopathic_calcinosis_is_named_in_a_child_with_down_syndrome(
+    age: float, down: str | None, named: bool
+) -> None:
+    assessment = _child_papules(age, down).assess()
+    assert assessment is not None
+    found = {e.entity_id: e for e in assessment.idiopathic_entities}
+    assert ("milia-like-idiopathic-calcinosis" in found) is named
+    if named:
+        entity = found["milia-like-idiopathic-calcinosis"]
+        assert entity.finding.sources == ("regionalderm",)
+        assert any(down in (e.display or "") for e in entity.finding.evidence)
+        detail = card_statements(assessment, default_knowledge()).subtype.evidence
+        assert "Picture fits milia-like idiopathic calcinosis cutis: a child with Down syndrome" in detail
+
+
+def test_calcinosis_recorded_as_milia_like_is_named_at_any_age() -> None:
+    chart = Chart(gender="female", birth_date=born(40))
+    chart.condition(None, text="Milia-like calcinosis cutis of the face")
+    chart.mineral_panel(9.4, 4.2, 3.5)
+    chart.medication("Cetirizine 10 MG Oral Tablet", 300)
+    assessment = chart.assess()
+    assert assessment is not None
+    assert "milia-like-idiopathic-calcinosis" in {e.entity_id for e in assessment.idiopathic_entities}
+
+
+def test_the_scrotal_scenario_card_names_its_idiopathic_entity() -> None:
+    """#12 item 4: the entity is named on the card's first screen, not only in the extension."""
+    chart = Chart(gender="male", birth_date=born(27))
+    chart.calcinosis(body_sites=["Scrotum"])
+    chart.mineral_panel(9.4, 4.3, 3.4)
+    chart.medication("Cetirizine 10 MG Oral Tablet", 300)
+    assessment = chart.assess()
+    assert assessment is not None
+    statement = card_statements(assessment, default_knowledge()).subtype
+    assert any(line.startswith("Picture fits idiopathic scrotal calcinosis") for line in statement.evidence)
+    assert "scrotal" not in statement.summary  # a suggestion about the name, kept out of the headline
+
+
+def test_an_entity_is_not_named_on_the_card_when_a_differential_is_raised() -> None:
+    """An elbow nodule fits the site of tumoral calcinosis, but with gout on record the gouty tophus
+    differential is the lead: the card does not add a second, weaker name."""
+    for gout in (False, True):
+        chart = Chart(gender="male", birth_date=born(60))
+        chart.calcinosis(body_sites=["Left elbow"])
+        chart.mineral_panel(9.2, 4.2, 3.4, 20)
+        chart.medication("Cetirizine 10 MG Oral Tablet", 300)
+        if gout:
+            chart.condition("M10.9", ICD10, "Gout, unspecified")
+        assessment = chart.assess()
+        assert assessment is not None
+        assert "tumoral-calcinosis" in {e.entity_id for e in assessment.idiopathic_entities}
+        evidence = card_statements(assessment, default_knowledge()).subtype.evidence
+        assert any(line.startswith("Picture fits tumoral calcinosis") for line in evidence) is not gout
