@@ -271,11 +271,7 @@ class Chart(FhirChart):
         body = self.request(prefetch=False)
         body["prefetch"] = self.prefetch(order_sign=True)
         body["hook"] = "order-sign"
-        body["context"]["draftOrders"] = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": order} for order in draft_orders(self.patient_id)],
-        }
+        body["context"]["draftOrders"] = draft_orders(self.patient_id)
         return body
 
     def order_sign_bytes(self) -> bytes:
@@ -573,42 +569,31 @@ def long_dialysis(
     return Chart("dialysis20", b.patient_id, b.resources)
 
 
-#: Ten draft orders (RxNorm or LOINC where the value sets confirm a code, names otherwise).
-DRAFT_ORDERS = (
-    ("MedicationRequest", RXNORM, "855332", "warfarin sodium 5 MG Oral Tablet", "oral"),
-    ("MedicationRequest", None, None, "calcium acetate 667 MG Oral Capsule", "oral"),
-    ("MedicationRequest", RXNORM, "308867", "calcitriol 0.25 MCG Oral Capsule", "oral"),
-    ("MedicationRequest", None, None, "potassium phosphates 3 MMOL/ML Injectable Solution", "intravenous"),
-    ("MedicationRequest", None, None, "prednisone 20 MG Oral Tablet", "oral"),
-    ("MedicationRequest", None, None, "Lactated Ringer's Injectable Solution 1000 mL", "intravenous"),
-    ("MedicationRequest", None, None, "amoxicillin 500 MG Oral Capsule", "oral"),
-    ("MedicationRequest", RXNORM, "5224", "heparin sodium 5000 UNT/ML Injectable Solution", "subcutaneous"),
-    ("ServiceRequest", "http://loinc.org", "2731-8", "Parathyrin.intact [Mass/volume] in Serum or Plasma", None),
-    ("ServiceRequest", "http://loinc.org", "2777-1", "Phosphate [Mass/volume] in Serum or Plasma", None),
+#: Ten draft orders: (kind, RxNorm or LOINC code where the value sets confirm one, text, route).
+DRAFT_ORDERS: tuple[tuple[str, str | None, str, str | None], ...] = (
+    ("MedicationRequest", "855332", "warfarin sodium 5 MG Oral Tablet", "oral"),
+    ("MedicationRequest", None, "calcium acetate 667 MG Oral Capsule", "oral"),
+    ("MedicationRequest", "308867", "calcitriol 0.25 MCG Oral Capsule", "oral"),
+    ("MedicationRequest", None, "potassium phosphates 3 MMOL/ML Injectable Solution", "intravenous"),
+    ("MedicationRequest", None, "prednisone 20 MG Oral Tablet", "oral"),
+    ("MedicationRequest", None, "Lactated Ringer's Injectable Solution 1000 mL", "intravenous"),
+    ("MedicationRequest", None, "amoxicillin 500 MG Oral Capsule", "oral"),
+    ("MedicationRequest", "5224", "heparin sodium 5000 UNT/ML Injectable Solution", "subcutaneous"),
+    ("ServiceRequest", "2731-8", "Parathyrin.intact [Mass/volume] in Serum or Plasma", None),
+    ("ServiceRequest", "2777-1", "Phosphate [Mass/volume] in Serum or Plasma", None),
 )
 
 
-def draft_orders(patient_id: str) -> list[dict[str, Any]]:
-    """The ten draft orders of `DRAFT_ORDERS` for a patient."""
-    orders: list[dict[str, Any]] = []
-    for index, (kind, system, code, text, route) in enumerate(DRAFT_ORDERS):
-        concept: dict[str, Any] = {"text": text}
-        if code is not None:
-            concept["coding"] = [{"system": system, "code": code, "display": text}]
-        order: dict[str, Any] = {
-            "resourceType": kind,
-            "id": f"draft-{index + 1}",
-            "status": "draft",
-            "intent": "order",
-            "subject": {"reference": f"Patient/{patient_id}"},
-        }
+def draft_orders(patient_id: str) -> dict[str, Any]:
+    """The `draftOrders` Bundle of `DRAFT_ORDERS` for a patient, written by the chart builder
+    that writes the sandbox's draft orders and the in-process order scenarios."""
+    drafts = FhirChart(patient_id)
+    for index, (kind, code, text, route) in enumerate(DRAFT_ORDERS):
         if kind == "MedicationRequest":
-            order["medicationCodeableConcept"] = concept
-            order["dosageInstruction"] = [{"route": {"text": route}}]
+            drafts.add_draft_medication(f"draft-{index + 1}", text, rxnorm=code, route=route)
         else:
-            order["code"] = concept
-        orders.append(order)
-    return orders
+            drafts.add_draft_test(f"draft-{index + 1}", text, loinc=code)
+    return drafts.bundle()
 
 
 def charts(seed: int = 20261101) -> dict[str, Chart]:

@@ -1,6 +1,9 @@
 """The one FHIR chart builder of the test tooling: scenario tests (`tests.charts`), the sandbox
-patients (`deploy/fhir-sandbox/patients/generate.py`) and the benchmark workloads
-(`bench/workloads.py`) all write their FHIR R4 resources, Bundles and prefetch through it.
+patients (`deploy/fhir-sandbox/patients/generate.py`), the sandbox's draft orders
+(`deploy/fhir-sandbox/draft-orders/generate.py`) and the benchmark workloads (`bench/workloads.py`)
+all write their FHIR R4 resources, Bundles and prefetch through it. A `draftOrders` Bundle of
+order-sign is a `FhirChart` holding only unsigned orders (`add_draft_medication`,
+`add_draft_test`), written with `bundle()`.
 
 It lives outside the runtime packages (an installed wheel or the container image carries only what
 serves). Each user keeps its own way of counting time ("5 days ago", "N days before the anchor")
@@ -79,6 +82,22 @@ def quantity(value: float, unit: str, *, ucum: bool = True, display: str | None 
     result: dict[str, Any] = {"value": value, "unit": display or unit}
     if ucum:
         result.update({"system": UCUM, "code": unit})
+    return result
+
+
+def dosage(
+    *, route: str | None = None, text: str | None = None, dose_ug: float | None = None, per_day: int = 1
+) -> dict[str, Any]:
+    """One dosage instruction: the route and the instruction as the EHR shows them, and a daily
+    dose in micrograms (`per_day` times a day)."""
+    result: dict[str, Any] = {}
+    if route:
+        result["route"] = {"text": route}
+    if text:
+        result["text"] = text
+    if dose_ug is not None:
+        result["doseAndRate"] = [{"doseQuantity": quantity(dose_ug, "ug")}]
+        result["timing"] = {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}}
     return result
 
 
@@ -223,9 +242,10 @@ class FhirChart:
         period: tuple[str, str | None] | None = None,
         dosage: dict[str, Any] | None = None,
         validity_end: str | None = None,
+        reason: str | None = None,
     ) -> dict[str, Any]:
-        """A MedicationRequest (`when` = authoredOn), MedicationStatement (`period`) or
-        MedicationAdministration (`when` or `period`) with one dosage."""
+        """A MedicationRequest (`when` = authoredOn, `reason` as text), MedicationStatement
+        (`period`) or MedicationAdministration (`when` or `period`) with one dosage."""
         resource: dict[str, Any] = {"resourceType": kind, "id": resource_id, "status": status}
         if kind == "MedicationRequest":
             resource["intent"] = "order"
@@ -237,6 +257,8 @@ class FhirChart:
                 resource["dosageInstruction"] = [dosage]
             if validity_end is not None:
                 resource["dispenseRequest"] = {"validityPeriod": {"start": when, "end": validity_end}}
+            if reason:
+                resource["reasonCode"] = [{"text": reason}]
         elif kind == "MedicationStatement":
             if period is not None:
                 resource["effectivePeriod"] = {"start": period[0], **({"end": period[1]} if period[1] else {})}
@@ -296,6 +318,39 @@ class FhirChart:
         if authored is not None:
             resource["authoredOn"] = authored
         return self.add(resource)
+
+    # ----- draft orders (order-sign's draftOrders) --------------------------------------------------
+
+    def add_draft_medication(
+        self,
+        resource_id: str,
+        text: str,
+        *,
+        rxnorm: str | None = None,
+        route: str | None = None,
+        dosage_text: str | None = None,
+        dose_ug: float | None = None,
+        reason: str | None = None,
+        status: str = "draft",
+    ) -> dict[str, Any]:
+        """An unsigned MedicationRequest: the product as the EHR names it (with its RxNorm code
+        when given), and the dosage and reason the prescriber wrote."""
+        instruction = dosage(route=route, text=dosage_text, dose_ug=dose_ug)
+        return self.add_medication(
+            "MedicationRequest",
+            resource_id,
+            codeable(text, *((coding(RXNORM, rxnorm, text),) if rxnorm else ())),
+            status=status,
+            dosage=instruction or None,
+            reason=reason,
+        )
+
+    def add_draft_test(
+        self, resource_id: str, text: str, *, loinc: str | None = None, status: str = "draft"
+    ) -> dict[str, Any]:
+        """An unsigned ServiceRequest for a lab test (LOINC-coded when given) or a procedure."""
+        concept = codeable(text, *((coding(LOINC, loinc, text),) if loinc else ()))
+        return self.add_service_request(resource_id, concept, status=status)
 
     # ----- Bundles and prefetch -------------------------------------------------------------------
 
