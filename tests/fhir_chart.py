@@ -153,8 +153,10 @@ class FhirChart:
         body_sites: list[str] | None = None,
         category: str | None = None,
         note: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A Condition (problem-list entry when `category` is given)."""
+        """A Condition (problem-list entry when `category` is given). `extra`: fields this builder
+        does not model, as an EHR sends them (meta, encounter...)."""
         resource: dict[str, Any] = {"resourceType": "Condition", "id": resource_id}
         if clinical is not None:
             resource["clinicalStatus"] = status_concept("condition-clinical", clinical)
@@ -173,7 +175,7 @@ class FhirChart:
             resource["abatementDateTime"] = abated
         if note:
             resource["note"] = [{"text": note}]
-        return self.add(resource)
+        return self.add({**resource, **(extra or {})})
 
     def add_observation(
         self,
@@ -193,9 +195,10 @@ class FhirChart:
         category_display: bool = False,
         status: str = "final",
         absent: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """An Observation: `value` a Quantity (or `value_concept`), an optional reference range
-        and interpretation flag (H, L, N)."""
+        and interpretation flag (H, L, N); `extra` as for `add_condition`."""
         resource: dict[str, Any] = {"resourceType": "Observation", "id": resource_id, "status": status}
         if category is not None:
             cat = coding(OBSERVATION_CATEGORY, category, CATEGORY_DISPLAY[category] if category_display else None)
@@ -229,7 +232,7 @@ class FhirChart:
                 INTERPRETATION, interpretation, FLAG_DISPLAY.get(interpretation) if interpretation_display else None
             )
             resource["interpretation"] = [{"coding": [flag]}]
-        return self.add(resource)
+        return self.add({**resource, **(extra or {})})
 
     def add_medication(
         self,
@@ -243,9 +246,11 @@ class FhirChart:
         dosage: dict[str, Any] | None = None,
         validity_end: str | None = None,
         reason: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A MedicationRequest (`when` = authoredOn, `reason` as text), MedicationStatement
-        (`period`) or MedicationAdministration (`when` or `period`) with one dosage."""
+        (`period`) or MedicationAdministration (`when` or `period`) with one dosage; `extra` as
+        for `add_condition`."""
         resource: dict[str, Any] = {"resourceType": kind, "id": resource_id, "status": status}
         if kind == "MedicationRequest":
             resource["intent"] = "order"
@@ -273,7 +278,7 @@ class FhirChart:
                 resource["effectiveDateTime"] = when
             if dosage:
                 resource["dosage"] = dosage
-        return self.add(resource)
+        return self.add({**resource, **(extra or {})})
 
     def add_procedure(
         self,
@@ -283,18 +288,49 @@ class FhirChart:
         *,
         status: str = "completed",
         body_site: str | None = None,
+        performed_end: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A Procedure performed at a moment, or over a period when `performed_end` is given;
+        `extra` as for `add_condition`."""
         resource: dict[str, Any] = {
             "resourceType": "Procedure",
             "id": resource_id,
             "status": status,
             "code": code,
             "subject": self.subject,
-            "performedDateTime": performed,
         }
+        if performed_end is None:
+            resource["performedDateTime"] = performed
+        else:
+            resource["performedPeriod"] = {"start": performed, "end": performed_end}
         if body_site:
             resource["bodySite"] = [{"text": body_site}]
-        return self.add(resource)
+        return self.add({**resource, **(extra or {})})
+
+    def add_encounter(
+        self,
+        resource_id: str,
+        class_code: str,
+        kind: dict[str, Any],
+        start: str,
+        end: str,
+        *,
+        status: str = "finished",
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """An Encounter: its class (HL7 v3 ActCode: AMB, IMP, EMER...), type and period; `extra`
+        as for `add_condition`."""
+        resource: dict[str, Any] = {
+            "resourceType": "Encounter",
+            "id": resource_id,
+            "status": status,
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class_code},
+            "type": [kind],
+            "subject": self.subject,
+            "period": {"start": start, "end": end},
+        }
+        return self.add({**resource, **(extra or {})})
 
     def add_service_request(
         self,
