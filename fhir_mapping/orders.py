@@ -342,6 +342,9 @@ def pending_tests(
     patient never, that no Observation on the chart names in `basedOn`, and that is not one of
     the draft orders being signed. Completed, revoked and draft requests are not pending."""
     chart = [r for r in resources if isinstance(r, dict)]
+    active = [r for r in chart if r.get("resourceType") == "ServiceRequest" and r.get("status") == "active"]
+    if not active:
+        return ()  # the usual case: no Observation needs reading for `basedOn`
     resulted = {
         reference
         for r in chart
@@ -352,9 +355,7 @@ def pending_tests(
     drafted = {d.reference for d in drafts if d.reference is not None}
     reader = DraftOrderReader(terminology or default_terminology())
     pending: list[PendingTest] = []
-    for request in chart:
-        if request.get("resourceType") != "ServiceRequest" or request.get("status") != "active":
-            continue
+    for request in active:
         if request.get("intent", "order") not in ORDER_INTENTS:
             continue
         subject = _dict(request.get("subject")).get("reference")
