@@ -400,6 +400,23 @@ def test_parenteral_nutrition_without_calcium_or_for_calciphylaxis_is_silent() -
     assert check(calciphylaxis_chart(), with_calcium) == []
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "TPN without calcium (hypercalcaemia), potassium phosphate 10 mmol",
+        "Parenteral nutrition, calcium-free",
+        "Parenteral nutrition: calcium 0 mEq, magnesium 8 mEq",
+        "Parenteral nutrition, no added calcium",
+    ],
+)
+def test_parenteral_nutrition_that_says_it_has_no_calcium_is_silent(text: str) -> None:
+    """The other side of the 15.2 parenteral nutrition warning: the feed names calcium only to
+    say it has none."""
+    order = medication_order(text, route="intravenous")
+    assert check(metastatic_chart(calcium=11.2), order) == []
+    assert check(iatrogenic_hypercalcemic_chart(), order) == []
+
+
 def test_parenteral_nutrition_with_calcium_as_a_contained_ingredient() -> None:
     """The calcium may be named only among the ingredients of a contained Medication."""
     order = {
