@@ -33,20 +33,23 @@ from typing import Any
 
 import orjson
 
-from tests.fhir_chart import FhirChart, search_keys
+from tests.fhir_chart import (
+    ICD10,
+    LOINC,
+    RXNORM,
+    SNOMED,
+    FhirChart,
+    codeable,
+    coding,
+    dosage,
+    quantity,
+    search_keys,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHEA = REPO.parent / "shared" / "data" / "synthea"
 TEMPLATE_PATIENT = "Truman_Wiegand"
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-UCUM = "http://unitsofmeasure.org"
-OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
-INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 #: The hookInstance written into every request body; runners swap in a fresh UUID per request.
 HOOK_INSTANCE_PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
@@ -232,10 +235,10 @@ class Templates:
 class Chart(FhirChart):
     """A generated patient: every resource (including Encounters, for loading a FHIR server).
 
-    The Bundles, prefetch and request come from the test tooling's one chart builder
-    (`tests.fhir_chart.FhirChart`); the resources themselves are written by `_Builder` in the
-    Synthea shapes (meta, extensions, encounters), deliberately heavier than the scenario charts,
-    because the benchmark measures the service on what EHRs send."""
+    The resources, Bundles, prefetch and request come from the test tooling's one chart builder
+    (`tests.fhir_chart.FhirChart`); `_Builder` adds what the Synthea records carry beyond it (meta,
+    extensions, encounters), deliberately heavier than the scenario charts, because the benchmark
+    measures the service on what EHRs send."""
 
     def __init__(self, name: str, patient_id: str, resources: list[dict[str, Any]]) -> None:
         super().__init__(patient_id)
@@ -271,11 +274,7 @@ class Chart(FhirChart):
         body = self.request(prefetch=False)
         body["prefetch"] = self.prefetch(order_sign=True)
         body["hook"] = "order-sign"
-        body["context"]["draftOrders"] = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": order} for order in draft_orders(self.patient_id)],
-        }
+        body["context"]["draftOrders"] = draft_orders(self.patient_id)
         return body
 
     def order_sign_bytes(self) -> bytes:
@@ -283,16 +282,23 @@ class Chart(FhirChart):
 
 
 class _Builder:
-    """Writes resources in the Synthea shapes for one patient."""
+    """Writes one patient's resources through the test tooling's chart builder
+    (`tests.fhir_chart.FhirChart`), in the Synthea shapes: each resource also carries what the
+    Synthea template adds beyond the builder's fields (meta tag, encounter reference, `issued`,
+    the Patient's names, identifiers and extensions)."""
 
     def __init__(self, templates: Templates, rng: random.Random, patient_id: str, anchor: datetime) -> None:
         self.t = templates
         self.rng = rng
         self.patient_id = patient_id
         self.anchor = anchor
-        self.resources: list[dict[str, Any]] = []
+        self.chart = FhirChart(patient_id)
         self.encounters: list[tuple[str, float]] = []
         self.meta = copy.deepcopy(templates.lab.get("meta", {}))
+
+    @property
+    def resources(self) -> list[dict[str, Any]]:
+        return self.chart.resources
 
     def when(self, days_ago: float) -> str:
         moment = self.anchor - timedelta(days=days_ago)
@@ -302,60 +308,51 @@ class _Builder:
         moment = self.anchor - timedelta(days=days_ago)
         return moment.isoformat(timespec="milliseconds")
 
-    @property
-    def subject(self) -> dict[str, str]:
-        return {"reference": f"Patient/{self.patient_id}"}
+    def _synthea(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The fields every Synthea resource carries beyond the builder's (its meta tag)."""
+        return {**(extra or {}), "meta": copy.deepcopy(self.meta)}
 
     def patient(self, gender: str, birth_date: str) -> None:
         p = copy.deepcopy(self.t.patient)
-        p["id"] = self.patient_id
-        p["gender"] = gender
-        p["birthDate"] = birth_date
-        p.pop("deceasedDateTime", None)
+        for field in ("resourceType", "id", "gender", "birthDate", "deceasedDateTime"):
+            p.pop(field, None)
         for identifier in p.get("identifier", []):
             if identifier.get("system") in (
                 "https://github.com/synthetichealth/synthea",
                 "http://hospital.smarthealthit.org",
             ):
                 identifier["value"] = self.patient_id
-        self.resources.append(p)
+        self.chart.add_patient(gender, birth_date, **p)
 
     def encounter(self, days_ago: float, code: str, display: str, klass: str = "AMB") -> str:
-        e = copy.deepcopy(self.t.encounter)
-        e["id"] = _uuid(self.rng)
-        e["class"] = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": klass}
-        e["type"] = [{"coding": [{"system": SNOMED, "code": code, "display": display}], "text": display}]
-        e["subject"] = self.subject
-        e.pop("participant", None)
-        e.pop("serviceProvider", None)
-        e["period"] = {"start": self.when(days_ago), "end": self.when(days_ago - 1 / 48)}
-        self.resources.append(e)
-        self.encounters.append((e["id"], days_ago))
-        return str(e["id"])
+        resource_id = _uuid(self.rng)
+        self.chart.add_encounter(
+            resource_id,
+            klass,
+            codeable(display, coding(SNOMED, code, display)),
+            self.when(days_ago),
+            self.when(days_ago - 1 / 48),
+            extra=self._synthea(),
+        )
+        self.encounters.append((resource_id, days_ago))
+        return resource_id
 
     def nearest_encounter(self, days_ago: float) -> str:
         if not self.encounters:
             return self.encounter(days_ago, "185349003", "Encounter for check up (procedure)")
         return min(self.encounters, key=lambda item: abs(item[1] - days_ago))[0]
 
+    def _at(self, encounter: str) -> dict[str, Any]:
+        return self._synthea({"encounter": {"reference": f"Encounter/{encounter}"}})
+
     def observation(self, lab: Lab, days_ago: float, encounter: str, with_range: bool) -> dict[str, Any]:
-        o = copy.deepcopy(self.t.lab)
-        o["id"] = _uuid(self.rng)
-        o["status"] = "final"
-        o["code"] = {"coding": [{"system": LOINC, "code": lab.code, "display": lab.display}], "text": lab.display}
-        o["subject"] = self.subject
-        o["encounter"] = {"reference": f"Encounter/{encounter}"}
-        o["effectiveDateTime"] = self.when(days_ago)
-        o["issued"] = self.instant(days_ago - 0.2)
+        resource_id = _uuid(self.rng)
         value = round(max(0.1, self.rng.gauss(lab.mean, lab.sd)), lab.digits)
-        o["valueQuantity"] = {"value": value, "unit": lab.unit, "system": UCUM, "code": lab.unit}
+        low = high = None
+        flag = None
         if with_range and (lab.low is not None or lab.high is not None):
-            reference: dict[str, Any] = {}
-            if lab.low is not None:
-                reference["low"] = {"value": lab.low, "unit": lab.unit, "system": UCUM, "code": lab.unit}
-            if lab.high is not None:
-                reference["high"] = {"value": lab.high, "unit": lab.unit, "system": UCUM, "code": lab.unit}
-            o["referenceRange"] = [reference]
+            low = quantity(lab.low, lab.unit) if lab.low is not None else None
+            high = quantity(lab.high, lab.unit) if lab.high is not None else None
             flag = (
                 "H"
                 if lab.high is not None and value > lab.high
@@ -363,9 +360,18 @@ class _Builder:
                 if lab.low is not None and value < lab.low
                 else "N"
             )
-            o["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": flag}]}]
-        self.resources.append(o)
-        return o
+        return self.chart.add_observation(
+            resource_id,
+            codeable(lab.display, coding(LOINC, lab.code, lab.display)),
+            effective=self.when(days_ago),
+            issued=self.instant(days_ago - 0.2),
+            value=quantity(value, lab.unit),
+            low=low,
+            high=high,
+            interpretation=flag,
+            category_display=True,
+            extra=self._at(encounter),
+        )
 
     def labs(
         self, panels: dict[str, list[Lab]], target: int, span_days: float, extra: dict[str, float], ranges: float
@@ -397,23 +403,20 @@ class _Builder:
         status: str,
         category: str = "problem-list-item",
     ) -> None:
-        c = copy.deepcopy(self.t.condition)
-        c["id"] = _uuid(self.rng)
-        c["clinicalStatus"] = {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]
-        }
-        c["category"] = [{"coding": [{"system": CONDITION_CATEGORY, "code": category}]}]
-        c["code"] = {"text": display}
-        if system is not None and code is not None:
-            c["code"]["coding"] = [{"system": system, "code": code, "display": display}]
-        c["subject"] = self.subject
-        c["encounter"] = {"reference": f"Encounter/{self.nearest_encounter(onset_days)}"}
-        c["onsetDateTime"] = self.when(onset_days)
-        c["recordedDate"] = self.when(onset_days)
-        c.pop("abatementDateTime", None)
-        if status == "resolved":
-            c["abatementDateTime"] = self.when(max(1.0, onset_days - self.rng.uniform(7, 30)))
-        self.resources.append(c)
+        resource_id = _uuid(self.rng)
+        concept = codeable(display, *((coding(system, code, display),) if system is not None and code else ()))
+        at = self._at(self.nearest_encounter(onset_days))
+        abated = self.when(max(1.0, onset_days - self.rng.uniform(7, 30))) if status == "resolved" else None
+        self.chart.add_condition(
+            resource_id,
+            concept,
+            clinical=status,
+            onset=self.when(onset_days),
+            recorded=self.when(onset_days),
+            abated=abated,
+            category=category,
+            extra=at,
+        )
 
     def background_conditions(self, count: int, span_days: float) -> None:
         pool = self.t.background_conditions
@@ -424,53 +427,42 @@ class _Builder:
     def medication(
         self, kind: str, rxnorm: str | None, text: str, days_ago: float, status: str, dose_ug: float | None
     ) -> None:
-        concept: dict[str, Any] = {"text": text}
-        if rxnorm is not None:
-            concept["coding"] = [{"system": RXNORM, "code": rxnorm, "display": text}]
+        concept = codeable(text, *((coding(RXNORM, rxnorm, text),) if rxnorm is not None else ()))
         encounter = {"reference": f"Encounter/{self.nearest_encounter(days_ago)}"}
-        dosage: dict[str, Any] = {"sequence": 1, "text": "as directed", "route": {"text": "oral"}}
-        if dose_ug is not None:
-            dosage["timing"] = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}
-            dosage["doseAndRate"] = [{"doseQuantity": {"value": dose_ug, "unit": "ug", "system": UCUM, "code": "ug"}}]
+        instruction = {"sequence": 1, "text": "as directed", **dosage(route="oral", dose_ug=dose_ug)}
+        resource_id = _uuid(self.rng)
         if kind == "MedicationRequest":
-            m = copy.deepcopy(self.t.medication_request)
-            m.update({"status": status, "intent": "order", "medicationCodeableConcept": concept})
-            m["encounter"] = encounter
-            m["authoredOn"] = self.when(days_ago)
-            m.pop("requester", None)
-            m.pop("reasonReference", None)
-            m["dosageInstruction"] = [dosage]
-            if status in ("stopped", "completed"):
-                m["dispenseRequest"] = {
-                    "validityPeriod": {"start": self.when(days_ago), "end": self.when(max(1.0, days_ago - 90))}
-                }
+            ended = status in ("stopped", "completed")
+            self.chart.add_medication(
+                kind,
+                resource_id,
+                concept,
+                status=status,
+                when=self.when(days_ago),
+                dosage=instruction,
+                validity_end=self.when(max(1.0, days_ago - 90)) if ended else None,
+                extra=self._synthea({"encounter": encounter}),
+            )
         elif kind == "MedicationStatement":
-            m = {
-                "resourceType": kind,
-                "status": status,
-                "medicationCodeableConcept": concept,
-                "subject": self.subject,
-                "context": encounter,
-                "effectivePeriod": {"start": self.when(days_ago)},
-                "dateAsserted": self.when(days_ago),
-                "dosage": [dosage],
-                "meta": copy.deepcopy(self.meta),
-            }
+            self.chart.add_medication(
+                kind,
+                resource_id,
+                concept,
+                status=status,
+                period=(self.when(days_ago), None),
+                dosage=instruction,
+                extra=self._synthea({"context": encounter, "dateAsserted": self.when(days_ago)}),
+            )
         else:
-            dosage = {"route": {"text": "intravenous"}, "dose": {"value": 1, "unit": "dose"}}
-            m = {
-                "resourceType": kind,
-                "status": status,
-                "medicationCodeableConcept": concept,
-                "subject": self.subject,
-                "context": encounter,
-                "effectiveDateTime": self.when(days_ago),
-                "dosage": dosage,
-                "meta": copy.deepcopy(self.meta),
-            }
-        m["id"] = _uuid(self.rng)
-        m["subject"] = self.subject
-        self.resources.append(m)
+            self.chart.add_medication(
+                kind,
+                resource_id,
+                concept,
+                status=status,
+                when=self.when(days_ago),
+                dosage={"route": {"text": "intravenous"}, "dose": {"value": 1, "unit": "dose"}},
+                extra=self._synthea({"context": encounter}),
+            )
 
     def background_medications(self, count: int, span_days: float) -> None:
         pool = self.t.background_medications
@@ -480,14 +472,14 @@ class _Builder:
             self.medication("MedicationRequest", code, display, self.rng.uniform(10, span_days), status, None)
 
     def procedure(self, system: str, code: str, display: str, days_ago: float) -> None:
-        p = copy.deepcopy(self.t.procedure)
-        p["id"] = _uuid(self.rng)
-        p["status"] = "completed"
-        p["code"] = {"coding": [{"system": system, "code": code, "display": display}], "text": display}
-        p["subject"] = self.subject
-        p["encounter"] = {"reference": f"Encounter/{self.nearest_encounter(days_ago)}"}
-        p["performedPeriod"] = {"start": self.when(days_ago), "end": self.when(days_ago - 1 / 6)}
-        self.resources.append(p)
+        resource_id = _uuid(self.rng)
+        self.chart.add_procedure(
+            resource_id,
+            codeable(display, coding(system, code, display)),
+            self.when(days_ago),
+            performed_end=self.when(days_ago - 1 / 6),
+            extra=self._at(self.nearest_encounter(days_ago)),
+        )
 
     def background_procedures(self, count: int, span_days: float) -> None:
         pool = self.t.background_procedures
@@ -573,42 +565,31 @@ def long_dialysis(
     return Chart("dialysis20", b.patient_id, b.resources)
 
 
-#: Ten draft orders (RxNorm or LOINC where the value sets confirm a code, names otherwise).
-DRAFT_ORDERS = (
-    ("MedicationRequest", RXNORM, "855332", "warfarin sodium 5 MG Oral Tablet", "oral"),
-    ("MedicationRequest", None, None, "calcium acetate 667 MG Oral Capsule", "oral"),
-    ("MedicationRequest", RXNORM, "308867", "calcitriol 0.25 MCG Oral Capsule", "oral"),
-    ("MedicationRequest", None, None, "potassium phosphates 3 MMOL/ML Injectable Solution", "intravenous"),
-    ("MedicationRequest", None, None, "prednisone 20 MG Oral Tablet", "oral"),
-    ("MedicationRequest", None, None, "Lactated Ringer's Injectable Solution 1000 mL", "intravenous"),
-    ("MedicationRequest", None, None, "amoxicillin 500 MG Oral Capsule", "oral"),
-    ("MedicationRequest", RXNORM, "5224", "heparin sodium 5000 UNT/ML Injectable Solution", "subcutaneous"),
-    ("ServiceRequest", "http://loinc.org", "2731-8", "Parathyrin.intact [Mass/volume] in Serum or Plasma", None),
-    ("ServiceRequest", "http://loinc.org", "2777-1", "Phosphate [Mass/volume] in Serum or Plasma", None),
+#: Ten draft orders: (kind, RxNorm or LOINC code where the value sets confirm one, text, route).
+DRAFT_ORDERS: tuple[tuple[str, str | None, str, str | None], ...] = (
+    ("MedicationRequest", "855332", "warfarin sodium 5 MG Oral Tablet", "oral"),
+    ("MedicationRequest", None, "calcium acetate 667 MG Oral Capsule", "oral"),
+    ("MedicationRequest", "308867", "calcitriol 0.25 MCG Oral Capsule", "oral"),
+    ("MedicationRequest", None, "potassium phosphates 3 MMOL/ML Injectable Solution", "intravenous"),
+    ("MedicationRequest", None, "prednisone 20 MG Oral Tablet", "oral"),
+    ("MedicationRequest", None, "Lactated Ringer's Injectable Solution 1000 mL", "intravenous"),
+    ("MedicationRequest", None, "amoxicillin 500 MG Oral Capsule", "oral"),
+    ("MedicationRequest", "5224", "heparin sodium 5000 UNT/ML Injectable Solution", "subcutaneous"),
+    ("ServiceRequest", "2731-8", "Parathyrin.intact [Mass/volume] in Serum or Plasma", None),
+    ("ServiceRequest", "2777-1", "Phosphate [Mass/volume] in Serum or Plasma", None),
 )
 
 
-def draft_orders(patient_id: str) -> list[dict[str, Any]]:
-    """The ten draft orders of `DRAFT_ORDERS` for a patient."""
-    orders: list[dict[str, Any]] = []
-    for index, (kind, system, code, text, route) in enumerate(DRAFT_ORDERS):
-        concept: dict[str, Any] = {"text": text}
-        if code is not None:
-            concept["coding"] = [{"system": system, "code": code, "display": text}]
-        order: dict[str, Any] = {
-            "resourceType": kind,
-            "id": f"draft-{index + 1}",
-            "status": "draft",
-            "intent": "order",
-            "subject": {"reference": f"Patient/{patient_id}"},
-        }
+def draft_orders(patient_id: str) -> dict[str, Any]:
+    """The `draftOrders` Bundle of `DRAFT_ORDERS` for a patient, written by the chart builder
+    that writes the sandbox's draft orders and the in-process order scenarios."""
+    drafts = FhirChart(patient_id)
+    for index, (kind, code, text, route) in enumerate(DRAFT_ORDERS):
         if kind == "MedicationRequest":
-            order["medicationCodeableConcept"] = concept
-            order["dosageInstruction"] = [{"route": {"text": route}}]
+            drafts.add_draft_medication(f"draft-{index + 1}", text, rxnorm=code, route=route)
         else:
-            order["code"] = concept
-        orders.append(order)
-    return orders
+            drafts.add_draft_test(f"draft-{index + 1}", text, loinc=code)
+    return drafts.bundle()
 
 
 def charts(seed: int = 20261101) -> dict[str, Chart]:

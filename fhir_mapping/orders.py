@@ -246,6 +246,11 @@ class DraftOrderReader:
 #: Classes that say a parenteral nutrition order carries calcium.
 CALCIUM_CLASSES = frozenset({DrugClass.IV_CALCIUM, DrugClass.CALCIUM_SUPPLEMENT, DrugClass.CALCIUM_BASED_BINDER})
 _CALCIUM_WORD = re.compile(r"(?<![a-z])calcium(?![a-z])")
+#: "without calcium", "no calcium", "calcium-free", "calcium 0 mEq": the feed carries none.
+_NO_CALCIUM = re.compile(
+    r"(?<![a-z])(?:without|no|omit(?:ted)?|free of)\s+(?:added\s+)?calcium(?![a-z])"
+    r"|(?<![a-z])calcium(?:[- ]free|\s+0(?:\.0+)?\s*(?:meq|mmol|mg)(?![a-z]))"
+)
 
 
 def _parenteral_nutrition(
@@ -255,6 +260,8 @@ def _parenteral_nutrition(
     (it is not IV calcium for 15.3, nor a supplement for 15.1, nor a multivitamin to exclude
     whole); with added calcium it is checked only against 15.2. So the order is read as
     parenteral nutrition with calcium, or as nothing the tables name."""
+    if _NO_CALCIUM.search(words):
+        return (), "parenteral nutrition without added calcium"
     if any(c in CALCIUM_CLASSES for c in classes) or _CALCIUM_WORD.search(words):
         resolution.how.append("parenteral-nutrition: calcium added (an ingredient or the order's text)")
         return (DrugClass.PARENTERAL_NUTRITION,), None
@@ -342,6 +349,9 @@ def pending_tests(
     patient never, that no Observation on the chart names in `basedOn`, and that is not one of
     the draft orders being signed. Completed, revoked and draft requests are not pending."""
     chart = [r for r in resources if isinstance(r, dict)]
+    active = [r for r in chart if r.get("resourceType") == "ServiceRequest" and r.get("status") == "active"]
+    if not active:
+        return ()  # the usual case: no Observation needs reading for `basedOn`
     resulted = {
         reference
         for r in chart
@@ -352,9 +362,7 @@ def pending_tests(
     drafted = {d.reference for d in drafts if d.reference is not None}
     reader = DraftOrderReader(terminology or default_terminology())
     pending: list[PendingTest] = []
-    for request in chart:
-        if request.get("resourceType") != "ServiceRequest" or request.get("status") != "active":
-            continue
+    for request in active:
         if request.get("intent", "order") not in ORDER_INTENTS:
             continue
         subject = _dict(request.get("subject")).get("reference")

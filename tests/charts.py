@@ -15,7 +15,7 @@ from typing import Any
 from calcinosis.assessment import Assessment
 from fhir_mapping import assess_resources, bundle_resources
 from fhir_mapping.pipeline import AssessmentResult
-from tests.fhir_chart import ICD10, LOINC, RXNORM, SNOMED, UCUM, FhirChart, codeable, coding, quantity
+from tests.fhir_chart import ICD10, LOINC, RXNORM, SNOMED, UCUM, FhirChart, codeable, coding, dosage, quantity
 
 AS_OF = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea"
@@ -134,12 +134,6 @@ class Chart(FhirChart):
     ) -> dict[str, Any]:
         """A medication order, statement or administration."""
         medication = codeable(text, *((coding(RXNORM, rxnorm, text),) if rxnorm else ()))
-        dosage: dict[str, Any] = {}
-        if route:
-            dosage["route"] = {"text": route}
-        if dose_ug is not None:
-            dosage["doseAndRate"] = [{"doseQuantity": quantity(dose_ug, "ug")}]
-            dosage["timing"] = {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}}
         end = when(end_days_ago) if end_days_ago is not None else None
         return self.add_medication(
             kind,
@@ -148,7 +142,7 @@ class Chart(FhirChart):
             status=status,
             when=when(days_ago),
             period=(when(days_ago), end) if kind == "MedicationStatement" else None,
-            dosage=dosage,
+            dosage=dosage(route=route, dose_ug=dose_ug, per_day=per_day),
             validity_end=end,
         )
 

@@ -1,6 +1,9 @@
 """The one FHIR chart builder of the test tooling: scenario tests (`tests.charts`), the sandbox
-patients (`deploy/fhir-sandbox/patients/generate.py`) and the benchmark workloads
-(`bench/workloads.py`) all write their FHIR R4 resources, Bundles and prefetch through it.
+patients (`deploy/fhir-sandbox/patients/generate.py`), the sandbox's draft orders
+(`deploy/fhir-sandbox/draft-orders/generate.py`) and the benchmark workloads (`bench/workloads.py`)
+all write their FHIR R4 resources, Bundles and prefetch through it. A `draftOrders` Bundle of
+order-sign is a `FhirChart` holding only unsigned orders (`add_draft_medication`,
+`add_draft_test`), written with `bundle()`.
 
 It lives outside the runtime packages (an installed wheel or the container image carries only what
 serves). Each user keeps its own way of counting time ("5 days ago", "N days before the anchor")
@@ -82,6 +85,22 @@ def quantity(value: float, unit: str, *, ucum: bool = True, display: str | None 
     return result
 
 
+def dosage(
+    *, route: str | None = None, text: str | None = None, dose_ug: float | None = None, per_day: int = 1
+) -> dict[str, Any]:
+    """One dosage instruction: the route and the instruction as the EHR shows them, and a daily
+    dose in micrograms (`per_day` times a day)."""
+    result: dict[str, Any] = {}
+    if route:
+        result["route"] = {"text": route}
+    if text:
+        result["text"] = text
+    if dose_ug is not None:
+        result["doseAndRate"] = [{"doseQuantity": quantity(dose_ug, "ug")}]
+        result["timing"] = {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}}
+    return result
+
+
 def searchset(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
@@ -134,8 +153,10 @@ class FhirChart:
         body_sites: list[str] | None = None,
         category: str | None = None,
         note: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A Condition (problem-list entry when `category` is given)."""
+        """A Condition (problem-list entry when `category` is given). `extra`: fields this builder
+        does not model, as an EHR sends them (meta, encounter...)."""
         resource: dict[str, Any] = {"resourceType": "Condition", "id": resource_id}
         if clinical is not None:
             resource["clinicalStatus"] = status_concept("condition-clinical", clinical)
@@ -154,7 +175,7 @@ class FhirChart:
             resource["abatementDateTime"] = abated
         if note:
             resource["note"] = [{"text": note}]
-        return self.add(resource)
+        return self.add({**resource, **(extra or {})})
 
     def add_observation(
         self,
@@ -174,9 +195,10 @@ class FhirChart:
         category_display: bool = False,
         status: str = "final",
         absent: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """An Observation: `value` a Quantity (or `value_concept`), an optional reference range
-        and interpretation flag (H, L, N)."""
+        and interpretation flag (H, L, N); `extra` as for `add_condition`."""
         resource: dict[str, Any] = {"resourceType": "Observation", "id": resource_id, "status": status}
         if category is not None:
             cat = coding(OBSERVATION_CATEGORY, category, CATEGORY_DISPLAY[category] if category_display else None)
@@ -210,7 +232,7 @@ class FhirChart:
                 INTERPRETATION, interpretation, FLAG_DISPLAY.get(interpretation) if interpretation_display else None
             )
             resource["interpretation"] = [{"coding": [flag]}]
-        return self.add(resource)
+        return self.add({**resource, **(extra or {})})
 
     def add_medication(
         self,
@@ -223,9 +245,12 @@ class FhirChart:
         period: tuple[str, str | None] | None = None,
         dosage: dict[str, Any] | None = None,
         validity_end: str | None = None,
+        reason: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A MedicationRequest (`when` = authoredOn), MedicationStatement (`period`) or
-        MedicationAdministration (`when` or `period`) with one dosage."""
+        """A MedicationRequest (`when` = authoredOn, `reason` as text), MedicationStatement
+        (`period`) or MedicationAdministration (`when` or `period`) with one dosage; `extra` as
+        for `add_condition`."""
         resource: dict[str, Any] = {"resourceType": kind, "id": resource_id, "status": status}
         if kind == "MedicationRequest":
             resource["intent"] = "order"
@@ -237,6 +262,8 @@ class FhirChart:
                 resource["dosageInstruction"] = [dosage]
             if validity_end is not None:
                 resource["dispenseRequest"] = {"validityPeriod": {"start": when, "end": validity_end}}
+            if reason:
+                resource["reasonCode"] = [{"text": reason}]
         elif kind == "MedicationStatement":
             if period is not None:
                 resource["effectivePeriod"] = {"start": period[0], **({"end": period[1]} if period[1] else {})}
@@ -251,7 +278,7 @@ class FhirChart:
                 resource["effectiveDateTime"] = when
             if dosage:
                 resource["dosage"] = dosage
-        return self.add(resource)
+        return self.add({**resource, **(extra or {})})
 
     def add_procedure(
         self,
@@ -261,18 +288,49 @@ class FhirChart:
         *,
         status: str = "completed",
         body_site: str | None = None,
+        performed_end: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A Procedure performed at a moment, or over a period when `performed_end` is given;
+        `extra` as for `add_condition`."""
         resource: dict[str, Any] = {
             "resourceType": "Procedure",
             "id": resource_id,
             "status": status,
             "code": code,
             "subject": self.subject,
-            "performedDateTime": performed,
         }
+        if performed_end is None:
+            resource["performedDateTime"] = performed
+        else:
+            resource["performedPeriod"] = {"start": performed, "end": performed_end}
         if body_site:
             resource["bodySite"] = [{"text": body_site}]
-        return self.add(resource)
+        return self.add({**resource, **(extra or {})})
+
+    def add_encounter(
+        self,
+        resource_id: str,
+        class_code: str,
+        kind: dict[str, Any],
+        start: str,
+        end: str,
+        *,
+        status: str = "finished",
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """An Encounter: its class (HL7 v3 ActCode: AMB, IMP, EMER...), type and period; `extra`
+        as for `add_condition`."""
+        resource: dict[str, Any] = {
+            "resourceType": "Encounter",
+            "id": resource_id,
+            "status": status,
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class_code},
+            "type": [kind],
+            "subject": self.subject,
+            "period": {"start": start, "end": end},
+        }
+        return self.add({**resource, **(extra or {})})
 
     def add_service_request(
         self,
@@ -296,6 +354,39 @@ class FhirChart:
         if authored is not None:
             resource["authoredOn"] = authored
         return self.add(resource)
+
+    # ----- draft orders (order-sign's draftOrders) --------------------------------------------------
+
+    def add_draft_medication(
+        self,
+        resource_id: str,
+        text: str,
+        *,
+        rxnorm: str | None = None,
+        route: str | None = None,
+        dosage_text: str | None = None,
+        dose_ug: float | None = None,
+        reason: str | None = None,
+        status: str = "draft",
+    ) -> dict[str, Any]:
+        """An unsigned MedicationRequest: the product as the EHR names it (with its RxNorm code
+        when given), and the dosage and reason the prescriber wrote."""
+        instruction = dosage(route=route, text=dosage_text, dose_ug=dose_ug)
+        return self.add_medication(
+            "MedicationRequest",
+            resource_id,
+            codeable(text, *((coding(RXNORM, rxnorm, text),) if rxnorm else ())),
+            status=status,
+            dosage=instruction or None,
+            reason=reason,
+        )
+
+    def add_draft_test(
+        self, resource_id: str, text: str, *, loinc: str | None = None, status: str = "draft"
+    ) -> dict[str, Any]:
+        """An unsigned ServiceRequest for a lab test (LOINC-coded when given) or a procedure."""
+        concept = codeable(text, *((coding(LOINC, loinc, text),) if loinc else ()))
+        return self.add_service_request(resource_id, concept, status=status)
 
     # ----- Bundles and prefetch -------------------------------------------------------------------
 

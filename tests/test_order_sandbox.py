@@ -3,6 +3,8 @@ the anchor day, in process: the cards expected.json records, in order, or silenc
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import uuid
 from datetime import UTC, datetime, time
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 from fhir_mapping import bundle_resources
 from hooks.models import OrderSignContext
 from hooks.order_sign import OrderSignService
-from hooks.sandbox_data import ANCHOR, OrderScenario, load_order_scenarios, load_scenarios
+from hooks.sandbox_data import ANCHOR, OrderScenario, draft_orders_dir, load_order_scenarios, load_scenarios
 from hooks.service import CalcinosisService
 from hooks.settings import Settings
 
@@ -42,8 +44,28 @@ def test_the_issue_scenarios_are_all_there() -> None:
         "warfarin-ssc",
         "repeat-pth-ssc",
         "lactated-ringers-calciphylaxis",
+        "parenteral-nutrition-infant-iatrogenic",
     }
     assert any(not s.expected_cards for s in ORDER_SCENARIOS)
+
+
+def draft_order_generator() -> Any:
+    """deploy/fhir-sandbox/draft-orders/generate.py, imported as a module."""
+    path = draft_orders_dir() / "generate.py"
+    spec = importlib.util.spec_from_file_location("draft_order_generator", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_draft_order_files_are_what_the_chart_builder_writes() -> None:
+    """The sandbox's draft orders come from tests.fhir_chart (the builder of the in-process
+    scenarios), through generate.py; a hand edit of a file, or of the builder, shows here."""
+    generator = draft_order_generator()
+    for name, bundle in generator.bundles().items():
+        assert json.loads((draft_orders_dir() / name).read_text(encoding="utf-8")) == bundle, name
+    assert json.loads((draft_orders_dir() / "expected.json").read_text(encoding="utf-8")) == generator.expected()
 
 
 def order_sign_context(scenario: OrderScenario) -> OrderSignContext:

@@ -18,7 +18,8 @@ from fhir_mapping.orders import (
     read_draft_orders,
     short_name,
 )
-from tests.charts import AS_OF, ICD10, LOINC, RXNORM, UCUM, Chart, when
+from tests.charts import AS_OF, ICD10, LOINC, RXNORM, Chart, when
+from tests.fhir_chart import FhirChart
 
 PATIENT = "pat-1"
 
@@ -34,48 +35,30 @@ def medication_order(
     dosage_text: str | None = None,
     reason: str | None = None,
 ) -> dict[str, Any]:
-    concept: dict[str, Any] = {"text": text}
-    if rxnorm:
-        concept["coding"] = [{"system": RXNORM, "code": rxnorm, "display": text}]
-    order: dict[str, Any] = {
-        "resourceType": "MedicationRequest",
-        "id": order_id,
-        "status": status,
-        "intent": "order",
-        "subject": {"reference": f"Patient/{PATIENT}"},
-        "medicationCodeableConcept": concept,
-    }
-    dosage: dict[str, Any] = {}
-    if route:
-        dosage["route"] = {"text": route}
-    if dosage_text:
-        dosage["text"] = dosage_text
-    if dose_ug is not None:
-        dosage["doseAndRate"] = [{"doseQuantity": {"value": dose_ug, "unit": "ug", "system": UCUM, "code": "ug"}}]
-        dosage["timing"] = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}
-    if dosage:
-        order["dosageInstruction"] = [dosage]
-    if reason:
-        order["reasonCode"] = [{"text": reason}]
-    return order
+    """An unsigned MedicationRequest, written by the chart builder the sandbox's draft orders use."""
+    return FhirChart(PATIENT).add_draft_medication(
+        order_id,
+        text,
+        rxnorm=rxnorm,
+        route=route,
+        dosage_text=dosage_text,
+        dose_ug=dose_ug,
+        reason=reason,
+        status=status,
+    )
 
 
 def lab_order(loinc: str | None, text: str, order_id: str = "draft-lab") -> dict[str, Any]:
-    concept: dict[str, Any] = {"text": text}
-    if loinc:
-        concept["coding"] = [{"system": LOINC, "code": loinc, "display": text}]
-    return {
-        "resourceType": "ServiceRequest",
-        "id": order_id,
-        "status": "draft",
-        "intent": "order",
-        "subject": {"reference": f"Patient/{PATIENT}"},
-        "code": concept,
-    }
+    """An unsigned ServiceRequest (LOINC-coded when given), by the same builder."""
+    return FhirChart(PATIENT).add_draft_test(order_id, text, loinc=loinc)
 
 
 def bundle(*orders: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": o} for o in orders]}
+    """The `draftOrders` Bundle of these orders."""
+    drafts = FhirChart(PATIENT)
+    for order in orders:
+        drafts.add(order)
+    return drafts.bundle()
 
 
 def check(
@@ -415,6 +398,23 @@ def test_parenteral_nutrition_without_calcium_or_for_calciphylaxis_is_silent() -
     assert check(iatrogenic_chart(), no_calcium) == []
     with_calcium = medication_order(PN_WITH_CALCIUM[0], route="intravenous")
     assert check(calciphylaxis_chart(), with_calcium) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "TPN without calcium (hypercalcaemia), potassium phosphate 10 mmol",
+        "Parenteral nutrition, calcium-free",
+        "Parenteral nutrition: calcium 0 mEq, magnesium 8 mEq",
+        "Parenteral nutrition, no added calcium",
+    ],
+)
+def test_parenteral_nutrition_that_says_it_has_no_calcium_is_silent(text: str) -> None:
+    """The other side of the 15.2 parenteral nutrition warning: the feed names calcium only to
+    say it has none."""
+    order = medication_order(text, route="intravenous")
+    assert check(metastatic_chart(calcium=11.2), order) == []
+    assert check(iatrogenic_hypercalcemic_chart(), order) == []
 
 
 def test_parenteral_nutrition_with_calcium_as_a_contained_ingredient() -> None:

@@ -116,23 +116,9 @@ def test_a_pending_test_order_on_the_server_is_on_file_both_ways(
     chart = pending_pth_chart(patient_id, status, days_ago)
     loaded_chart = httpx.post(loaded, json=chart.transaction(), timeout=60)
     assert loaded_chart.status_code == 200, loaded_chart.text[:300]
-    draft = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "ServiceRequest",
-                    "id": "draft-pth",
-                    "status": "draft",
-                    "intent": "order",
-                    "subject": {"reference": f"Patient/{patient_id}"},
-                    "code": codeable("PTH", coding(LOINC, "2731-8")),
-                }
-            }
-        ],
-    }
-    context = {"userId": "Practitioner/it-1", "patientId": patient_id, "draftOrders": draft}
+    drafts = FhirChart(patient_id)
+    drafts.add_draft_test("draft-pth", "PTH", loinc="2731-8")
+    context = {"userId": "Practitioner/it-1", "patientId": patient_id, "draftOrders": drafts.bundle()}
     fetched = httpx.post(
         f"{service_url}/cds-services/{SERVICE}",
         json={"hook": "order-sign", "hookInstance": str(uuid.uuid4()), "fhirServer": loaded, "context": context},
