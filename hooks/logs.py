@@ -12,6 +12,15 @@ Three leaks are closed here, at the root rather than call by call:
 `protect_logs()` installs all three; the app calls it when it is built (in every worker process,
 whatever started it: `calcinosis-cds serve`, uvicorn directly, or a test) and the command line
 calls it for its other commands.
+
+The formats (`CALCINOSIS_LOG_FORMAT`): `JsonFormatter` writes one JSON object per line (what a log
+collector parses without a grok pattern), `TextFormatter` the same content on one line of text;
+both stamp UTC ISO 8601 times (the old formats had local times without a zone), add the request id
+of `hooks.request_context`, write uvicorn's access record as fields, and reduce any traceback
+themselves, so no handler configuration can let an exception message through. A line's own values
+travel as one `LogFields` argument, readable by any formatter. `server_log_config()` is what
+`serve` hands uvicorn: the same formatter for uvicorn's lines, the access log, the service's lines
+and the audit trail, which gets a handler and destination of its own (`CALCINOSIS_AUDIT_LOG`).
 """
 
 from __future__ import annotations
