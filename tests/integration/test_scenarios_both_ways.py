@@ -103,7 +103,7 @@ def test_check_command_against_the_sandbox(loaded: str, capsys: pytest.CaptureFi
     dystrophic = next(s for s in SCENARIOS if s.name == "dystrophic-ssc")
     assert main(["check", "--fhir-server", loaded, "--patient", dystrophic.patient_id]) == 0
     out = capsys.readouterr().out
-    assert "[info] " in out and "pattern consistent with dystrophic calcinosis" in out
+    assert "[info] " in out and "pattern consistent with dystrophic calcinosis" in out.lower()
     sparse = next(s for s in SCENARIOS if s.name == "insufficient-data-synthea")
     assert main(["check", "--fhir-server", loaded, "--patient", sparse.patient_id]) == 0
     assert "suggestion: Order Serum phosphate" in capsys.readouterr().out
