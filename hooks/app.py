@@ -575,7 +575,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from hooks.preview import register_preview
 
         log.warning("card preview page enabled at /preview: development instances only (no authentication)")
-        register_preview(app, service)
+        register_preview(app, service, settings.preview_scenarios)
     # Outermost but one, so a request beyond the limit costs nothing but its 503.
     admission = Admission(limit=settings.max_concurrent_requests)
     app.state.admission = admission

@@ -3,13 +3,15 @@
     calcinosis-cds serve [--host H] [--port P] [--workers N]
     calcinosis-cds evaluate PATH      # a FHIR Bundle or a CDS Hooks request JSON
     calcinosis-cds check --fhir-server URL --patient ID [--token T] [--json]
-    calcinosis-cds sandbox load --fhir-server URL [--token T]
     calcinosis-cds feedback-report
-    calcinosis-cds knowledge-diff OLD NEW [--scenarios PATH ...]   # folders or git revisions
     calcinosis-cds --version
 
 `evaluate` prints exactly the CDS Hooks response the service would return, so integration
 engineers and hospital IT can check a patient file before any EHR is involved.
+
+Every command here works from an installed wheel and inside the image. Loading the sandbox
+patients and reviewing a knowledge-base edit work on the repository itself, so they are tooling of
+a source checkout (`scripts/calcinosis-tools`, package `calcinosis_tools`, not in the wheel).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import argparse
 import asyncio
 import sys
 import uuid
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from hooks.outbound import OutboundPolicy
 from hooks.overload import GuardedHttpToolsProtocol
 from hooks.prefetch import DataUnobtainableError
 from hooks.registry import DeclaredService, build_registry
-from hooks.sandbox_data import ANCHOR, ScenarioError, bundle_anchor, load_scenarios, shift_dates
 from hooks.service import CalcinosisService, InvalidContextError
 from hooks.settings import Settings
 from hooks.stores import StoreConfigError, StoreUnavailableError, feedback_report, open_feedback_store
@@ -42,6 +42,13 @@ from hooks.stores import StoreConfigError, StoreUnavailableError, feedback_repor
 
 class UsageError(Exception):
     """Bad input to a command; printed without a traceback."""
+
+
+#: Commands that moved to the checkout's tooling, with what to run instead.
+CHECKOUT_TOOLS = {
+    "sandbox": "scripts/calcinosis-tools sandbox load --fhir-server URL [--patients DIR]",
+    "knowledge-diff": "scripts/calcinosis-tools knowledge-diff OLD NEW",
+}
 
 
 def _load(path: str) -> Any:
@@ -100,30 +107,6 @@ def evaluate(path: str, settings: Settings) -> dict[str, Any]:
             raise UsageError(f"no service of this deployment answers the '{request.hook}' hook")
         return run_hook(declared, request)
     raise UsageError("expected a FHIR Bundle (resourceType Bundle) or a CDS Hooks request (with 'hook')")
-
-
-def load_sandbox(fhir_server: str, token: str | None, directory: str | None, shift: bool) -> list[str]:
-    """PUT every scenario Bundle into a FHIR server (idempotent), dates moved to today."""
-    scenarios = load_scenarios(Path(directory) if directory else None)
-    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    lines = []
-    with httpx.Client(timeout=60, follow_redirects=False) as http:
-        for scenario in scenarios:
-            bundle = scenario.bundle
-            if shift:
-                bundle = shift_dates(bundle, bundle_anchor(bundle) or ANCHOR, date.today())
-            try:
-                response = http.post(fhir_server.rstrip("/") + "/", content=orjson.dumps(bundle), headers=headers)
-            except httpx.HTTPError as error:
-                raise UsageError(f"cannot reach {fhir_server}: {type(error).__name__}") from error
-            if response.status_code >= 300:
-                raise UsageError(f"{scenario.name}: the FHIR server answered {response.status_code}")
-            lines.append(
-                f"loaded {scenario.name}: Patient/{scenario.patient_id} ({len(bundle.get('entry', []))} resources)"
-            )
-    return lines
 
 
 def check(
@@ -191,17 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("evaluate", help="print the cards for a FHIR Bundle or CDS Hooks request file")
     run.add_argument("path", help="JSON file, or - for standard input")
     commands.add_parser("feedback-report", help="acceptance rate per card topic and top override reasons (read-only)")
-    differ = commands.add_parser(
-        "knowledge-diff", help="what an edit of the knowledge base changes on the cards of the scenario library"
-    )
-    differ.add_argument("old", help="folder of knowledge files, or a git revision (e.g. HEAD~1)")
-    differ.add_argument("new", help="folder of knowledge files, or a git revision (e.g. HEAD)")
-    differ.add_argument(
-        "--scenarios",
-        action="append",
-        default=[],
-        help="more charts: a Bundle file or a folder of them (repeatable); the sandbox patients always run",
-    )
     checking = commands.add_parser(
         "check", help="run patient-view (or order-sign, with --draft-orders) with no prefetch against a FHIR server"
     )
@@ -212,16 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     checking.add_argument("--patient", required=True, help="Patient id on that server")
     checking.add_argument("--token", help="bearer token for the FHIR server")
     checking.add_argument("--json", action="store_true", help="print the CDS Hooks response JSON")
-    sandbox = commands.add_parser("sandbox", help="test patients for a FHIR sandbox")
-    sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", required=True)
-    loading = sandbox_commands.add_parser(
-        "load", help="load the scenario patients into a FHIR server (PUT, idempotent)"
-    )
-    loading.add_argument("--fhir-server", required=True, help="FHIR R4 base URL")
-    loading.add_argument("--token", help="bearer token for the FHIR server")
-    loading.add_argument("--patients", help="folder of scenario Bundles (default: deploy/fhir-sandbox/patients)")
-    loading.add_argument("--no-shift", action="store_true", help="keep the dates as written (anchor 2026-11-01)")
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in CHECKOUT_TOOLS:
+        print(
+            f"calcinosis-cds: '{arguments[0]}' is tooling of a source checkout, not of the installed service; "
+            f"from a checkout run: {CHECKOUT_TOOLS[arguments[0]]}",
+            file=sys.stderr,
+        )
+        return 2
+    args = parser.parse_args(arguments)
     try:
         # Only `serve` accepts calls from an EHR; the other commands run locally for their user.
         # `--workers` goes through the settings' checks too: several workers with authentication
@@ -261,32 +232,18 @@ def main(argv: list[str] | None = None) -> int:
             timeout_worker_healthcheck=60,
         )
         return 0
-    if args.command in ("check", "sandbox"):
+    if args.command == "check":
         try:
-            if args.command == "check":
-                response = check(args.fhir_server, args.patient, args.token, settings, args.draft_orders)
-                text = (
-                    orjson.dumps(response, option=orjson.OPT_INDENT_2).decode()
-                    if args.json
-                    else describe_cards(response, args.draft_orders is not None)
-                )
-                sys.stdout.write(text + "\n")
-            else:
-                for line in load_sandbox(args.fhir_server, args.token, args.patients, not args.no_shift):
-                    print(line)
-        except (UsageError, ScenarioError) as error:
+            response = check(args.fhir_server, args.patient, args.token, settings, args.draft_orders)
+        except UsageError as error:
             print(f"calcinosis-cds: {error}", file=sys.stderr)
             return 1
-        return 0
-    if args.command == "knowledge-diff":
-        from hooks.knowledge_diff import KnowledgeDiffError, knowledge_diff
-
-        try:
-            lines, changed, total = knowledge_diff(args.old, args.new, CalcinosisService(settings), args.scenarios)
-        except KnowledgeDiffError as error:
-            print(f"calcinosis-cds: {error}", file=sys.stderr)
-            return 2
-        sys.stdout.write("\n".join([*lines, f"{changed} of {total} charts change."]) + "\n")
+        text = (
+            orjson.dumps(response, option=orjson.OPT_INDENT_2).decode()
+            if args.json
+            else describe_cards(response, args.draft_orders is not None)
+        )
+        sys.stdout.write(text + "\n")
         return 0
     if args.command == "feedback-report":
         store = None

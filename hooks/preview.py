@@ -1,6 +1,8 @@
 """The card preview page for integration engineers (off by default: `CALCINOSIS_PREVIEW_ENABLED`).
 
-`GET /preview` lists the sandbox scenarios; `GET /preview?scenario=all&width=400` shows every
+`GET /preview` lists the charts of the scenario folder (`CALCINOSIS_PREVIEW_SCENARIOS`: any folder of
+FHIR Bundles, one patient each, such as deploy/fhir-sandbox/patients of a source checkout; without it
+the page renders pasted documents only, which is how it works from a wheel or the image); `GET /preview?scenario=all&width=400` shows every
 scenario's panel on one page; `GET /preview?scenario=NAME&width=400` renders that
 patient's cards as an EHR side panel renders them (GitHub-flavoured markdown at the panel's width),
 with the full evidence of each card's extension laid out beneath: the values with their dates and
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import html
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -29,8 +33,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from markdown_it import MarkdownIt
 
+from fhir_mapping.anchor import bundle_anchor
 from fhir_mapping.mapping import bundle_resources
-from hooks.sandbox_data import ANCHOR, Scenario, bundle_anchor, load_scenarios
 from hooks.service import CalcinosisService
 
 WIDTHS = (400, 720)
@@ -233,7 +237,47 @@ def gallery(panels: list[tuple[str, list[dict[str, Any]]]], width: int) -> str:
 <pre id="layout"></pre><script>{_MEASURE}</script></body></html>"""
 
 
-def page(scenarios: list[Scenario], cards: list[dict[str, Any]] | None, width: int, chosen: str, note: str = "") -> str:
+@dataclass(frozen=True, slots=True)
+class PreviewChart:
+    """One chart the page lists: a Bundle file of the scenario folder, read as of its anchor day
+    (the day its dates are written against), or today when it records none."""
+
+    name: str
+    patient_id: str
+    resources: list[dict[str, Any]]
+    as_of: datetime | None
+
+
+class PreviewConfigError(ValueError):
+    """The configured scenario folder cannot be read (said at start-up, naming the setting)."""
+
+
+def chart_library(folder: Path | None) -> list[PreviewChart]:
+    """The charts of `folder`, by file name: every `*.json` that is a FHIR Bundle holding exactly one
+    Patient with an id (other files, such as the sandbox's expected.json, are passed over)."""
+    if folder is None:
+        return []
+    if not folder.is_dir():
+        raise PreviewConfigError(f"CALCINOSIS_PREVIEW_SCENARIOS: {folder} is not a folder")
+    charts: list[PreviewChart] = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            bundle = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as error:
+            raise PreviewConfigError(f"CALCINOSIS_PREVIEW_SCENARIOS: cannot read {path.name}") from error
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            continue
+        resources = [r for r in bundle_resources(bundle) if isinstance(r, dict)]
+        patients = [r["id"] for r in resources if r.get("resourceType") == "Patient" and isinstance(r.get("id"), str)]
+        if len(patients) == 1:
+            anchor = bundle_anchor(bundle)
+            charts.append(PreviewChart(path.stem, patients[0], resources, _noon(anchor) if anchor else None))
+    return charts
+
+
+def page(
+    scenarios: list[PreviewChart], cards: list[dict[str, Any]] | None, width: int, chosen: str, note: str = ""
+) -> str:
     """The whole page: controls, the side panel and the evidence."""
     options = "".join(
         f'<option value="{_e(s.name)}"{" selected" if s.name == chosen else ""}>{_e(s.name)}</option>'
@@ -253,7 +297,8 @@ def page(scenarios: list[Scenario], cards: list[dict[str, Any]] | None, width: i
 {panel}
 <aside>
 <form method="get" action="/preview">
-  <label>Sandbox patient <select name="scenario">{options}</select></label>
+  <label>{"Scenario" if scenarios else "No scenario folder (CALCINOSIS_PREVIEW_SCENARIOS)"}
+    <select name="scenario">{options}</select></label>
   <input type="hidden" name="width" value="{width}"> <button type="submit">Show</button>
 </form>
 <form method="post" action="/preview?width={width}">
@@ -296,15 +341,15 @@ def cards_for_document(service: CalcinosisService, document: Any) -> tuple[list[
     return list(response.get("cards", [])), ""
 
 
-def register_preview(app: FastAPI, service: CalcinosisService) -> None:
-    """Add the preview routes (only called when the setting enables them)."""
-    scenarios = load_scenarios()
+def register_preview(app: FastAPI, service: CalcinosisService, folder: Path | None = None) -> None:
+    """Add the preview routes (only called when the setting enables them), listing the charts of
+    `folder` (`CALCINOSIS_PREVIEW_SCENARIOS`)."""
+    scenarios = chart_library(folder)
     by_name = {s.name: s for s in scenarios}
 
-    def cards_of(scenario: Scenario) -> list[dict[str, Any]]:
-        resources = [e["resource"] for e in scenario.bundle.get("entry", [])]
-        as_of = _noon(bundle_anchor(scenario.bundle) or ANCHOR)
-        return list(service.respond(resources, scenario.patient_id, uuid.uuid4(), as_of).wire().get("cards", []))
+    def cards_of(scenario: PreviewChart) -> list[dict[str, Any]]:
+        answer = service.respond(scenario.resources, scenario.patient_id, uuid.uuid4(), scenario.as_of)
+        return list(answer.wire().get("cards", []))
 
     def width_of(request: Request) -> int:
         raw = request.query_params.get("width", "400")

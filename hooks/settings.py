@@ -4,6 +4,7 @@ The README's configuration table lists the same names, defaults and meanings."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
@@ -106,6 +107,10 @@ class Settings(BaseSettings):
     preview_enabled: bool = Field(
         default=False, description="Serve the card preview page at /preview (development instances only)."
     )
+    preview_scenarios: Path | None = Field(
+        default=None,
+        description="Folder of FHIR Bundles the preview page lists (e.g. deploy/fhir-sandbox/patients of a checkout).",
+    )
     log_level: str = Field(default="INFO", description="Python log level.")
     log_format: str = Field(
         default="text",
@@ -148,9 +153,7 @@ class Settings(BaseSettings):
     replay_cache_timeout_seconds: float = Field(
         default=1.0, gt=0, le=30, description="Longest wait for the Redis replay cache per token (then 503)."
     )
-    api_docs: bool = Field(
-        default=False, description="Serve /docs, /redoc and /openapi.json (off: they answer 404)."
-    )
+    api_docs: bool = Field(default=False, description="Serve /docs, /redoc and /openapi.json (off: they answer 404).")
     metrics_port: int = Field(
         default=9464,
         ge=0,

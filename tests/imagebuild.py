@@ -45,12 +45,25 @@ class ImageToolError(RuntimeError):
     """A tool is missing or failed; the message says which and what it printed."""
 
 
-def run(command: list[str], *, timeout: float, env: dict[str, str] | None = None, merged: bool = False) -> str:
-    """Run a command; its output (with its error output if `merged`), or ImageToolError with the
-    tail of what it printed."""
+def run(
+    command: list[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    merged: bool = False,
+    stdin: str | None = None,
+) -> str:
+    """Run a command (with `stdin` as its standard input, else none); its output (with its error
+    output if `merged`), or ImageToolError with the tail of what it printed."""
     try:
         result = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False, env=env, stdin=subprocess.DEVNULL
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=env,
+            **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}),
         )
     except subprocess.TimeoutExpired as error:
         raise ImageToolError(f"{command[0]} {command[1]} did not finish within {timeout:.0f} s") from error
@@ -180,10 +193,12 @@ class Engine:
             "vfs",
         ]
 
-    def podman(self, *args: str, timeout: float = 300, merged: bool = False) -> str:
+    def podman(self, *args: str, timeout: float = 300, merged: bool = False, stdin: str | None = None) -> str:
         # No systemd in a CI container: cgroupfs, and events in a file.
         options = ["--cgroup-manager", "cgroupfs", "--events-backend", "file"]
-        return run([self.tools["podman"], *self._storage(), *options, *args], timeout=timeout, merged=merged)
+        return run(
+            [self.tools["podman"], *self._storage(), *options, *args], timeout=timeout, merged=merged, stdin=stdin
+        )
 
     def buildah(self, *args: str, timeout: float = 1800) -> str:
         return run([self.tools["buildah"], *self._storage(), *args], timeout=timeout)

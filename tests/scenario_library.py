@@ -8,7 +8,7 @@ Three kinds of chart, as the clinical reviewer meets them:
   calcinosis cutis added to the problem list, so the cards are read against a noisy chart.
 
 Test tooling, not runtime: `python -m tests.scenario_library OUT_DIR` writes the test charts and the
-Synthea backgrounds as FHIR Bundles, for `calcinosis-cds knowledge-diff --scenarios OUT_DIR`.
+Synthea backgrounds as FHIR Bundles, for `scripts/calcinosis-tools knowledge-diff --scenarios OUT_DIR`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
 
-from hooks.sandbox_data import ANCHOR, load_scenarios
+from calcinosis_tools.scenarios import ANCHOR, load_scenarios
 from tests.charts import AS_OF, SNOMED, SYNTHEA, Chart, synthea_resources
 
 

@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 import uvicorn
 
+from calcinosis_tools.scenarios import load_scenarios, patients_dir
 from hooks.app import create_app
-from hooks.sandbox_data import load_scenarios
 from hooks.settings import Settings
 
 VIEWPORT_HEIGHT = 900
@@ -64,7 +64,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def preview_url() -> Iterator[str]:
-    app = create_app(Settings(auth_disabled=True, feedback_database_url="memory://", preview_enabled=True))
+    app = create_app(
+        Settings(
+            auth_disabled=True,
+            feedback_database_url="memory://",
+            preview_enabled=True,
+            preview_scenarios=patients_dir(),
+        )
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

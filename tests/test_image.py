@@ -14,6 +14,7 @@ Duration on the 2-core CI machine: about 4 minutes to bootstrap the base (first 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import uuid
@@ -40,6 +41,7 @@ from tests.imagebuild import (
     engine,
     site_build_inputs,
 )
+from tests.realservers import FhirServer, fhir_server
 
 TAG = "localhost/calcinosis-cds:under-test"
 UID = 10001
@@ -70,7 +72,10 @@ class Running:
         claims = {"iss": ISSUER, "aud": self.base_url + path, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
         return jwt.encode(claims, self.key, algorithm="ES384", headers={"kid": KID, "typ": "JWT"})
 
-    def exec(self, *command: str) -> str:
+    def exec(self, *command: str, stdin: str | None = None) -> str:
+        """Run a command in the container; `stdin` is fed to it (`podman exec -i`)."""
+        if stdin is not None:
+            return self.engine.podman("exec", "-i", self.container, *command, timeout=120, stdin=stdin)
         return self.engine.podman("exec", self.container, *command, timeout=120)
 
 
@@ -181,9 +186,7 @@ def test_the_image_keeps_its_healthcheck_and_the_check_passes(image: Running) ->
 
 
 def test_the_container_runs_read_only_as_uid_10001_without_capabilities(image: Running) -> None:
-    status = dict(
-        line.split(":", 1) for line in image.exec("cat", "/proc/1/status").splitlines() if ":" in line
-    )
+    status = dict(line.split(":", 1) for line in image.exec("cat", "/proc/1/status").splitlines() if ":" in line)
     assert status["Uid"].split()[:2] == [str(UID), str(UID)]
     for capabilities in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(status[capabilities].strip(), 16) == 0, capabilities
@@ -195,9 +198,7 @@ def test_the_container_runs_read_only_as_uid_10001_without_capabilities(image: R
 def test_discovery_and_a_hook_call_answer_with_a_signed_token(image: Running) -> None:
     assert httpx.get(image.base_url + "/cds-services", timeout=10).status_code == 401
     path = "/cds-services"
-    discovery = httpx.get(
-        image.base_url + path, headers={"Authorization": f"Bearer {image.token(path)}"}, timeout=10
-    )
+    discovery = httpx.get(image.base_url + path, headers={"Authorization": f"Bearer {image.token(path)}"}, timeout=10)
     assert discovery.status_code == 200, discovery.text
     assert "calcinosis" in [s["id"] for s in discovery.json()["services"]]
 
@@ -225,11 +226,28 @@ def test_discovery_and_a_hook_call_answer_with_a_signed_token(image: Running) ->
 
 
 def test_the_commands_work_inside_the_image(image: Running) -> None:
+    """Every command `calcinosis-cds --help` lists, run as an operator runs it in the container
+    (`serve` is the container itself). The patient file goes in on standard input: nothing is
+    copied into the container, whose root filesystem is read-only."""
+    listed = re.search(r"\{([a-z,-]+)\}", image.exec("calcinosis-cds", "--help"))
+    assert listed is not None
+    assert set(listed.group(1).split(",")) == {"serve", "evaluate", "check", "feedback-report"}
     assert image.exec("calcinosis-cds", "--version").strip() == f"calcinosis-cds {__version__}"
-    bundle = ROOT / "deploy" / "fhir-sandbox" / "patients" / "dystrophic-ssc.json"
-    image.engine.podman("cp", str(bundle), f"{image.container}:/tmp/patient.json")
-    response = json.loads(image.exec("calcinosis-cds", "evaluate", "/tmp/patient.json"))
+    bundle = (ROOT / "deploy" / "fhir-sandbox" / "patients" / "dystrophic-ssc.json").read_text(encoding="utf-8")
+    response = json.loads(image.exec("calcinosis-cds", "evaluate", "-", stdin=bundle))
     assert [card["source"]["topic"]["code"] for card in response["cards"]][:1] == ["subtype"]
+    # check: the container shares the host network, so a FHIR server on the host's loopback is
+    # what a FHIR server beside the pod is to it.
+    resources = [entry["resource"] for entry in json.loads(bundle)["entry"]]
+    patient = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+    with fhir_server(FhirServer(resources=resources)) as server:
+        checked = image.exec("calcinosis-cds", "check", "--fhir-server", server.url + "/r4", "--patient", patient)
+    assert "pattern consistent with dystrophic calcinosis" in checked.lower()
+    # feedback-report reads the container's own store (the SQLite file in /data the service made).
+    assert json.loads(image.exec("calcinosis-cds", "feedback-report"))["topics"] == {}
+    # The checkout's tooling is not in the image, and the command says where it lives.
+    with pytest.raises(ImageToolError, match="scripts/calcinosis-tools"):
+        image.exec("calcinosis-cds", "sandbox", "load", "--fhir-server", server.url + "/r4")
 
 
 def test_the_image_carries_an_sbom_of_exactly_the_pinned_runtime(image: Running) -> None:

@@ -1,4 +1,4 @@
-"""`calcinosis-cds knowledge-diff` shows a reviewer what an edit of the knowledge base changes."""
+"""`scripts/calcinosis-tools knowledge-diff` shows a reviewer what an edit of the knowledge base changes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from calcinosis import knowledge_base
-from hooks.cli import main
+from calcinosis_tools.cli import main
 from tests.scenario_library import write_library
 
 PACKAGE_KNOWLEDGE = Path(knowledge_base.__file__).parent / "knowledge"

@@ -25,11 +25,11 @@ import pytest
 
 from calcinosis.knowledge_base import KnowledgeBase, default_knowledge, format_number
 from calcinosis.orders import EncounterSetting, OrderKnowledge, load_order_knowledge
+from calcinosis_tools.scenarios import ANCHOR, load_order_scenarios, load_scenarios
 from fhir_mapping import assess_resources
 from fhir_mapping.orders import check_draft_orders, read_draft_orders
 from hooks.models import HookResponse
 from hooks.order_cards import render_order_cards
-from hooks.sandbox_data import ANCHOR, load_order_scenarios, load_scenarios
 from hooks.service import CalcinosisService
 from hooks.settings import Settings
 from tests.charts import AS_OF, Chart

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from calcinosis_tools.scenarios import ANCHOR, OrderScenario, draft_orders_dir, load_order_scenarios, load_scenarios
 from fhir_mapping import bundle_resources
 from hooks.models import OrderSignContext
 from hooks.order_sign import OrderSignService
-from hooks.sandbox_data import ANCHOR, OrderScenario, draft_orders_dir, load_order_scenarios, load_scenarios
 from hooks.service import CalcinosisService
 from hooks.settings import Settings
 

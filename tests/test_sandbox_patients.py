@@ -1,6 +1,6 @@
 """The sandbox test patients (deploy/fhir-sandbox/patients): valid FHIR R4, idempotent PUT
 transactions with stable ids, and the outcome recorded in expected.json, both at the anchor day
-and after every date has been moved to another day with `hooks.sandbox_data.shift_dates`.
+and after every date has been moved to another day with `calcinosis_tools.scenarios.shift_dates`.
 
 The expectations in expected.json were written from clinical-knowledge.md, not copied from the
 engine's output: a failure here means the rules or the scenario changed, and someone has to
@@ -22,8 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from calcinosis.assessment import Assessment
-from fhir_mapping import assess_resources, bundle_resources
-from hooks.sandbox_data import (
+from calcinosis_tools.scenarios import (
     ANCHOR,
     ScenarioError,
     bundle_anchor,
@@ -32,6 +31,7 @@ from hooks.sandbox_data import (
     shift_date_string,
     shift_dates,
 )
+from fhir_mapping import assess_resources, bundle_resources
 
 SCENARIOS = load_scenarios()
 BY_NAME = {s.name: s for s in SCENARIOS}

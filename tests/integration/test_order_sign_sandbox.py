@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from hooks.cli import load_sandbox, main
+from calcinosis_tools.cli import load_sandbox
+from calcinosis_tools.scenarios import OrderScenario, draft_orders_dir, load_order_scenarios
+from hooks.cli import main
 from hooks.models import HookResponse
-from hooks.sandbox_data import OrderScenario, draft_orders_dir, load_order_scenarios
 from tests.fhir_chart import ICD10, LOINC, SNOMED, FhirChart, codeable, coding
 from tests.integration.test_scenarios_both_ways import read_all
 

@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from hooks.cli import load_sandbox, main
+from calcinosis_tools.cli import load_sandbox
+from calcinosis_tools.scenarios import Scenario, load_scenarios
+from hooks.cli import main
 from hooks.models import HookResponse
-from hooks.sandbox_data import Scenario, load_scenarios
 
 SCENARIOS = load_scenarios()
 

@@ -6,7 +6,7 @@ The JSON files are the source of truth that the tests and the sandbox read; this
 they were made, kept so that a scenario can be changed in one place and rewritten consistently
 (ids, references, units, flags, dates relative to the anchor). Re-running it rewrites every file.
 
-Every date is written as "N days before ANCHOR" (hooks.sandbox_data.ANCHOR, 2026-11-01). The two
+Every date is written as "N days before ANCHOR" (calcinosis_tools.scenarios.ANCHOR, 2026-11-01). The two
 Synthea-based scenarios copy a chart from shared/data/synthea (Apache-2.0), drop its billing
 resources (Claim, ExplanationOfBenefit), give every resource a stable id, turn its urn:uuid
 references into Type/id, and move its dates so the chart ends a set number of days before the
@@ -31,7 +31,7 @@ REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.fhir_chart import FhirChart, codeable, quantity  # noqa: E402
-from hooks.sandbox_data import (  # noqa: E402
+from calcinosis_tools.scenarios import (  # noqa: E402
     ANCHOR,
     ANCHOR_TAG_SYSTEM,
     EXPECTED_FILE,
@@ -344,7 +344,7 @@ class Chart(FhirChart):
                     {
                         "system": ANCHOR_TAG_SYSTEM,
                         "code": ANCHOR.isoformat(),
-                        "display": "Dates are written relative to this day; shift them with hooks.sandbox_data.shift_dates",
+                        "display": "Dates are written relative to this day; shift them with calcinosis_tools.scenarios.shift_dates",
                     }
                 ],
             }

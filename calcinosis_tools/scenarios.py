@@ -1,5 +1,8 @@
 """The sandbox test patients (deploy/fhir-sandbox/patients): load them and move their dates.
 
+Tooling of a source checkout, not of the installed service: this package is not in the wheel or
+the image, and finds the patients beside itself in the repository (or in the folder it is given).
+
 Each scenario file is a FHIR R4 transaction Bundle of `PUT {Type}/{id}` entries whose dates are
 written relative to one fixed anchor day (`ANCHOR`, also recorded in the Bundle's `meta`). The
 clinical rules look back over windows counted in days (90 days for the lab gate, a year for PTH,
@@ -26,11 +29,27 @@ from pathlib import Path
 from typing import Any
 
 from calcinosis.assessment import Likelihood, Subtype
+from fhir_mapping.anchor import ANCHOR_TAG_SYSTEM, bundle_anchor
+
+__all__ = [
+    "ANCHOR",
+    "ANCHOR_TAG_SYSTEM",
+    "EXPECTED_FILE",
+    "ExpectedOutcome",
+    "OrderScenario",
+    "Scenario",
+    "ScenarioError",
+    "bundle_anchor",
+    "draft_orders_dir",
+    "load_order_scenarios",
+    "load_scenarios",
+    "patients_dir",
+    "shift_date_string",
+    "shift_dates",
+]
 
 #: The day every scenario's dates are written against (recorded in each Bundle's meta too).
 ANCHOR = date(2026, 11, 1)
-#: `Bundle.meta.tag` system whose code is the anchor day of the file.
-ANCHOR_TAG_SYSTEM = "urn:calcinosis-cds:sandbox-anchor"
 EXPECTED_FILE = "expected.json"
 
 # A FHIR date, dateTime or instant with at least a full day: YYYY-MM-DD, optionally followed by a
@@ -80,27 +99,11 @@ class Scenario:
 def patients_dir() -> Path:
     """deploy/fhir-sandbox/patients in the source tree this module lives in.
 
-    Found from this file's location (hooks/ sits at the repository root), not the working
-    directory, so tests and scripts work from anywhere. The patients are test data, not package
-    data: an installed wheel does not carry them, only a source checkout (or editable install).
+    Found from this file's location (calcinosis_tools/ sits at the repository root), not the
+    working directory, so tests and scripts work from anywhere in a checkout. The patients are
+    test data, not package data: neither they nor this package are in the wheel or the image.
     """
     return Path(__file__).resolve().parents[1] / "deploy" / "fhir-sandbox" / "patients"
-
-
-def bundle_anchor(bundle: Mapping[str, Any]) -> date | None:
-    """The anchor day a Bundle records in `meta.tag` (None when it records none).
-
-    After `shift_dates` the tag names the new day, since the tag code is itself a date.
-    """
-    meta = bundle.get("meta")
-    tags = meta.get("tag") if isinstance(meta, Mapping) else None
-    for tag in tags if isinstance(tags, list) else []:
-        if isinstance(tag, Mapping) and tag.get("system") == ANCHOR_TAG_SYSTEM and isinstance(tag.get("code"), str):
-            try:
-                return date.fromisoformat(tag["code"])
-            except ValueError:
-                return None
-    return None
 
 
 def _expected_outcome(name: str, raw: Any) -> ExpectedOutcome | None:
@@ -151,6 +154,8 @@ def load_scenarios(directory: Path | None = None) -> list[Scenario]:
     behind by a renamed file, fails here instead of silently going untested.
     """
     directory = directory or patients_dir()
+    if not directory.is_dir():
+        raise ScenarioError(f"no folder {directory}: give the folder of scenario Bundles (with {EXPECTED_FILE})")
     try:
         index = json.loads((directory / EXPECTED_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:

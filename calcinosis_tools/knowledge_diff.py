@@ -1,4 +1,5 @@
-"""`calcinosis-cds knowledge-diff OLD NEW`: what an edit of the knowledge base changes on the cards.
+"""`python -m calcinosis_tools knowledge-diff OLD NEW`: what an edit of the knowledge base changes on
+the cards. Tooling of a source checkout (it reads git revisions of this repository): not in the wheel.
 
 OLD and NEW are each a folder of knowledge files (a reviewer's edited copy of calcinosis/knowledge)
 or a git revision of this repository (`HEAD~1`, a branch, a commit). The scenario library (the
@@ -25,8 +26,8 @@ from typing import Any
 import orjson
 
 from calcinosis.knowledge_base import KnowledgeBase, KnowledgeBaseError, load_knowledge
+from calcinosis_tools.scenarios import ANCHOR, bundle_anchor, load_scenarios
 from fhir_mapping.mapping import bundle_resources
-from hooks.sandbox_data import ANCHOR, bundle_anchor, load_scenarios
 from hooks.service import CalcinosisService
 
 KNOWLEDGE_PATH = "calcinosis/knowledge"
@@ -47,7 +48,7 @@ class LibraryCase:
 
 
 def repository_root() -> Path:
-    """The source tree this module lives in (hooks/ sits at its root)."""
+    """The source tree this module lives in (calcinosis_tools/ sits at its root)."""
     return Path(__file__).resolve().parents[1]
 
 
