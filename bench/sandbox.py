@@ -60,13 +60,13 @@ class SandboxResult:
 
 
 class Sandbox:
-    """A running sandbox process; use as a context manager."""
+    """A running sandbox process (`args`: more of `start`'s flags); use as a context manager."""
 
-    def __init__(self, start_timeout: float) -> None:
+    def __init__(self, start_timeout: float, args: tuple[str, ...] = ()) -> None:
         self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         try:
             self.process = subprocess.Popen(
-                [str(SANDBOX_START), "--host", "127.0.0.1", "--port", "0", "--quiet"],
+                [str(SANDBOX_START), "--host", "127.0.0.1", "--port", "0", "--quiet", *args],
                 stdout=subprocess.PIPE,
                 stderr=self.errors,
                 stdin=subprocess.DEVNULL,
@@ -141,9 +141,7 @@ def load_chart(base: str, chart: Chart) -> float:
     return time.perf_counter() - started
 
 
-async def _measure(
-    base: str, chart: Chart, runs: int, prefetch_cards: list[str], **settings: Any
-) -> SandboxResult:
+async def _measure(base: str, chart: Chart, runs: int, prefetch_cards: list[str], **settings: Any) -> SandboxResult:
     result = SandboxResult(base=base)
     app = build_app(fhir_page_size=PAGE_SIZE, **settings)
     service = app.state.service

