@@ -38,6 +38,8 @@ SUMMARY_LIMIT = 139
 """CDS Hooks: a summary is under 140 characters."""
 DETAIL_BUDGET = 1500
 """Characters of a card's detail (clinical-knowledge.md 11.4: a short card; the rest is in the extension)."""
+EVIDENCE_LINE_LIMIT = 300
+"""Characters of one line of a card's first screen (longer lines are cut at a word boundary)."""
 DEFAULT_WORKUP_CAP = 5
 """Workup suggestions with a button (about five, 11.4); the rest are listed without one."""
 
@@ -735,6 +737,35 @@ def workup_statement(
 # ----- the differentials card --------------------------------------------------------------------
 
 
+def _differential_line(differential: DifferentialAssessment, limit: int = EVIDENCE_LINE_LIMIT) -> str:
+    """One differential in at most `limit` characters: what raises it, what is against it and the
+    separating test. The separating test is what the clinician acts on, so when the line is too
+    long the rest gives way first: one reason instead of two, then the test's elaboration after
+    its first clause, then the 'against'; if it still does not fit, the reason is cut at a word
+    and the whole test kept (its later clauses can be a caution). Never the test itself."""
+    full_test = differential.separating_test.rstrip(".")
+    tests = [f" Separating test: {full_test}."]
+    if "; " in full_test:
+        tests.append(f" Separating test: {full_test.split('; ')[0]}.")
+    lowered = [f.statement.rstrip(".") for f in differential.lowered_by[:1]]
+    against = f" Against: {lower_first(lowered[0])}." if lowered else ""
+    if not differential.raised_by:
+        heads = [f"{differential.label}: consider while the subtype is unclassified."]
+    else:
+        reasons = [f.statement.rstrip(".") for f in differential.raised_by[:2]]
+        heads = [f"{differential.label}: raised by {lower_first(_join(reasons[:n]))}." for n in (2, 1)]
+    for extra in dict.fromkeys((against, "")):
+        for test in tests:
+            for head in heads:
+                if len(head) + len(extra) + len(test) <= limit:
+                    return head + extra + test
+    for test in tests:  # the whole test (a caution such as "biopsy only with caution") before the reason
+        room = limit - len(test)
+        if room >= 60:
+            return shorten(heads[-1], room) + test
+    return shorten(heads[-1] + tests[-1], limit)
+
+
 def differentials_statement(assessment: Assessment) -> tuple[Statement | None, tuple[DifferentialAssessment, ...]]:
     """Only the differentials this record raises, or all of them when the subtype cannot be
     classified (11.4); none otherwise: a list of "nothing for or against" is noise."""
@@ -743,19 +774,7 @@ def differentials_statement(assessment: Assessment) -> tuple[Statement | None, t
     shown = raised if raised else (assessment.differentials if unclassified else ())
     if not shown:
         return None, ()
-    lines = []
-    for differential in shown:
-        label = differential.label
-        if differential.raised_by:
-            why = _join([f.statement.rstrip(".") for f in differential.raised_by[:2]])
-            line = f"{label}: raised by {lower_first(why)}."
-        else:
-            line = f"{label}: consider while the subtype is unclassified."
-        lowered = [f.statement.rstrip(".") for f in differential.lowered_by[:1]]
-        if lowered:
-            line += f" Against: {lower_first(lowered[0])}."
-        line += f" Separating test: {differential.separating_test.rstrip('.')}."
-        lines.append(line)
+    lines = [_differential_line(differential) for differential in shown]
     first = shown[0]
     if first.raised_by:
         reason = first.raised_by[0].statement.split(":")[0]

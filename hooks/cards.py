@@ -19,6 +19,7 @@ from calcinosis.knowledge_base import KnowledgeBase
 from calcinosis.statements import (
     DEFAULT_WORKUP_CAP,
     DETAIL_BUDGET,
+    EVIDENCE_LINE_LIMIT,
     CardStatements,
     Statement,
     card_statements,
@@ -157,7 +158,7 @@ def detail_markdown(statement: Statement, budget: int = DETAIL_BUDGET, decision_
     `budget` characters. Record text is escaped, because some EHRs render HTML in markdown."""
     head = f"**{md(statement.headline)}**" + (" (decision support, not a diagnosis)" if decision_note else "")
     lines = [head]
-    lines += [f"- {md(_bounded(line, 300))}" for line in statement.evidence]
+    lines += [f"- {md(_bounded(line, EVIDENCE_LINE_LIMIT))}" for line in statement.evidence]
     tail = [md(text) for text in (statement.missing, statement.next_step) if text]
     if tail:
         lines += ["", "  \n".join(tail)]

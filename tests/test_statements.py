@@ -11,9 +11,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from calcinosis.assessment import Evidence
+from calcinosis.assessment import DifferentialAssessment, Evidence, RuleFinding
 from calcinosis.knowledge_base import default_knowledge
-from calcinosis.statements import as_reported, card_statements, converted, day, lower_first, shorten
+from calcinosis.statements import (
+    EVIDENCE_LINE_LIMIT,
+    _differential_line,
+    as_reported,
+    card_statements,
+    converted,
+    day,
+    differentials_statement,
+    lower_first,
+    shorten,
+)
 from fhir_mapping import assess_resources
 from hooks.cards import render_cards
 from tests.charts import AS_OF, Chart
@@ -178,4 +188,48 @@ def test_continuing_a_statement_keeps_acronyms() -> None:
     differentials = card_statements(assessment, default_knowledge()).differentials
     assert differentials is not None
     text = " ".join(differentials.evidence + differentials.further)
-    assert "raised by IV calcium" in text and "iV" not in text
+    assert "iV " not in text
+
+
+_WORDS = st.lists(st.text(alphabet="abcdefghij", min_size=1, max_size=12), min_size=1, max_size=30).map(" ".join)
+
+
+@given(label=_WORDS, reasons=st.lists(_WORDS, max_size=2), against=st.lists(_WORDS, max_size=1), test=_WORDS)
+def test_a_differential_line_keeps_its_separating_test_within_the_limit(
+    label: str, reasons: list[str], against: list[str], test: str
+) -> None:
+    """The separating test is what the clinician acts on: a long label or reason is cut, the test's
+    first clause always survives ('Separating test…' with nothing after it was seen)."""
+    test = test + "; " + test  # a test with an elaboration after its first clause
+    differential = DifferentialAssessment(
+        "x",
+        label,
+        tuple(RuleFinding("DX-X", r, (), ()) for r in reasons),
+        tuple(RuleFinding("DX-Y", a, (), (), supports=False) for a in against),
+        test,
+        None,
+        (),
+    )
+    line = _differential_line(differential)
+    assert len(line) <= EVIDENCE_LINE_LIMIT
+    first_clause = test.split("; ")[0]
+    if len(first_clause) < EVIDENCE_LINE_LIMIT - 100:
+        assert f"Separating test: {first_clause}" in line, line
+
+
+def test_library_differentials_keep_their_tests_and_cautions() -> None:
+    """In the library, every shown differential states its separating test, and the calciphylaxis
+    mimics keep 'biopsy only with caution'."""
+    from tests.scenario_library import library
+
+    for chart in library(synthea=False):
+        assessment = assess_resources(chart.resources, chart.as_of, chart.patient_id).assessment
+        if assessment is None:
+            continue
+        statement, shown = differentials_statement(assessment)
+        if statement is None:
+            continue
+        for differential, line in zip(shown, statement.evidence + statement.further, strict=True):
+            assert f"Separating test: {differential.separating_test.split('; ')[0]}" in line, line
+            if differential.differential_id == "calciphylaxis-mimics":
+                assert "biopsy only with caution" in line
