@@ -12,8 +12,6 @@ hypercalcemia that it does not explain (a suppressed PTH with a normal or low ph
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from calcinosis.assessment import CauseFinding, Evidence, MetabolicCause, RuleFinding
 from calcinosis.context import (
     HIGH,
@@ -58,7 +56,7 @@ def supported_causes(ctx: PatientContext) -> tuple[CauseFinding, ...]:
 
 def _supported_causes(ctx: PatientContext) -> tuple[CauseFinding, ...]:
     kb = ctx.kb
-    year_ago = ctx.as_of - timedelta(days=365)
+    year_ago = ctx.year_start  # the yearly look-back of thresholds.json (annual-lookback-days)
     calcium, phosphate, kidney = ctx.calcium, ctx.phosphate, ctx.kidney
     calcium_high = calcium is not None and calcium.status == HIGH
     phosphate_high = phosphate is not None and phosphate.status == HIGH
@@ -88,7 +86,7 @@ def _supported_causes(ctx: PatientContext) -> tuple[CauseFinding, ...]:
                 MetabolicCause.VITAMIN_D_TOXICITY,
                 "CC-MET-VITD",
                 f"25-OH vitamin D {vitamin_d.reported} is above the toxicity level of "
-                f"{kb.value('vitamin-d-25oh-toxic'):g} ng/mL: vitamin D toxicity",
+                f"{kb.quantity('vitamin-d-25oh-toxic')}: vitamin D toxicity",
                 (lab_evidence(vitamin_d),) + coded_vitd,
                 ("Vit-D-tox",),
             )

@@ -141,6 +141,36 @@ def test_vitamin_d_toxicity_at_150_both_sides(vitamin_d: float, toxic: bool) -> 
     assert (MetabolicCause.VITAMIN_D_TOXICITY in causes(chart.assess())) is toxic
 
 
+YEAR = KB.days("annual-lookback-days")
+
+
+@pytest.mark.parametrize(
+    ("days_ago", "window", "toxic"),
+    [
+        (YEAR - 10, YEAR, True),  # inside the yearly look-back
+        (YEAR + 10, YEAR, False),  # just outside it
+        (YEAR + 10, YEAR + 30, True),  # a reviewer widened the look-back in thresholds.json
+    ],
+)
+def test_causes_read_results_within_the_knowledge_bases_yearly_look_back(
+    days_ago: float, window: int, toxic: bool
+) -> None:
+    """The causes' look-back is annual-lookback-days, not a year typed into the code."""
+    from fhir_mapping import assess_resources
+
+    kb = KB.with_thresholds({"annual-lookback-days": window})
+    chart = Chart()
+    chart.calcinosis()
+    hypercalcemic(chart, 12.0, 4.0)
+    chart.lab("62292-8", 180, "ng/mL", days_ago)
+    chart.lab("2731-8", 10, "pg/mL", low=15, high=65)
+    assessment = assess_resources(chart.resources, AS_OF, chart.patient_id, knowledge=kb).assessment
+    assert (MetabolicCause.VITAMIN_D_TOXICITY in causes(assessment)) is toxic
+    if toxic:
+        statement = next(c.finding.statement for c in assessment.causes if c.cause is MetabolicCause.VITAMIN_D_TOXICITY)  # type: ignore[union-attr]
+        assert f"above the toxicity level of {kb.quantity('vitamin-d-25oh-toxic')}" in statement
+
+
 def test_granulomatous_disease_from_sarcoidosis_or_raised_calcitriol() -> None:
     coded = Chart()
     coded.calcinosis()
