@@ -390,3 +390,17 @@ def test_no_source_figure_is_typed_into_rule_or_card_prose() -> None:
             if literal and shapes.search(str(node.value)):  # type: ignore[attr-defined]
                 found.append(f"{path.name}:{node.lineno}: {node.value!r}")
     assert not found, found
+
+
+def test_no_look_back_window_is_typed_into_the_rules() -> None:
+    """Windows live in thresholds.json (one source per window): the rules build no timedelta from a
+    literal number of days or hours, except the one-day charting grace around a draw."""
+    root = Path(__file__).resolve().parents[1] / "calcinosis"
+    typed = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "timedelta":
+                for value in [*node.args, *(k.value for k in node.keywords)]:
+                    if isinstance(value, ast.Constant) and isinstance(value.value, int | float) and value.value > 1:
+                        typed.append(f"{path.name}:{node.lineno}")
+    assert not typed, typed
