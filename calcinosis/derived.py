@@ -31,10 +31,9 @@ def calcium_phosphate_product(calcium_mg_dl: float, phosphate_mg_dl: float) -> f
     return calcium_mg_dl * phosphate_mg_dl
 
 
-def ckd_category(
-    egfr: float, g2: float = 90.0, g3a: float = 60.0, g3b: float = 45.0, g4: float = 30.0, g5: float = 15.0
-) -> str:
-    """KDIGO GFR category (G1 to G5) for an eGFR in mL/min/1.73 m²."""
+def ckd_category(egfr: float, g2: float, g3a: float, g3b: float, g4: float, g5: float) -> str:
+    """KDIGO GFR category (G1 to G5) for an eGFR in mL/min/1.73 m², with the category boundaries
+    of the knowledge base (egfr-g2 ... egfr-g5; no defaults typed here)."""
     if egfr >= g2:
         return "G1"
     if egfr >= g3a:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from calcinosis.derived import calcium_phosphate_product, ckd_category, corrected_calcium, is_above, is_below
 from calcinosis.findings import CANONICAL_UNITS, Analyte
+from calcinosis.knowledge_base import default_knowledge
 from fhir_mapping.units import FACTORS, normalise
 from hooks.cards import md
 
@@ -58,8 +59,10 @@ def test_caxp_is_the_product_and_scales_with_si(calcium: float, phosphate: float
 
 @given(st.floats(min_value=0, max_value=200))
 def test_ckd_category_is_monotonic(egfr: float) -> None:
+    kb = default_knowledge()
+    bounds = [kb.value(f"egfr-{g}") for g in ("g2", "g3a", "g3b", "g4", "g5")]
     order = ["G5", "G4", "G3b", "G3a", "G2", "G1"]
-    assert order.index(ckd_category(egfr)) <= order.index(ckd_category(egfr + 1))
+    assert order.index(ckd_category(egfr, *bounds)) <= order.index(ckd_category(egfr + 1, *bounds))
 
 
 @given(values, comparators, values)
