@@ -32,6 +32,7 @@ from hooks.service import (
     note_incomplete_data,
     validate_context,
 )
+from hooks.tracing import step
 
 ORDER_SIGN_SERVICE_ID = "calcinosis-order-sign"
 ORDER_SIGN_HOOK = "order-sign"
@@ -130,16 +131,19 @@ class OrderSignService:
             (encounter_setting(r) for r in resources if isinstance(r, dict) and r.get("resourceType") == "Encounter"),
             EncounterSetting.UNKNOWN,
         )
-        result = check_draft_orders(
-            resources,
-            drafts,
-            as_of or datetime.now(UTC),
-            patient_id,
-            self.core.terminology,
-            self.core.knowledge,
-            self.order_knowledge,
-            encounter,
-        )
-        cards = render_order_cards(result.check, self.core.knowledge, self.order_knowledge, hook_instance)
-        self.core.card_ids.sign_cards(cards)  # feedback is stored only for cards this service issued
+        with step("assessment"):
+            result = check_draft_orders(
+                resources,
+                drafts,
+                as_of or datetime.now(UTC),
+                patient_id,
+                self.core.terminology,
+                self.core.knowledge,
+                self.order_knowledge,
+                encounter,
+            )
+        with step("rendering") as span:
+            cards = render_order_cards(result.check, self.core.knowledge, self.order_knowledge, hook_instance)
+            self.core.card_ids.sign_cards(cards)  # feedback is stored only for cards this service issued
+            span.set_attribute("calcinosis.cards", len(cards))
         return HookResponse(cards=cards)

@@ -10,8 +10,11 @@ out of the pipeline it finds the patient's id in the instrumentations' URL attri
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,6 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from calcinosis_tools.scenarios import ANCHOR, draft_orders_dir, load_scenarios, shift_dates
 from hooks import tracing
 from hooks.app import create_app
 from hooks.settings import Settings
@@ -190,6 +194,46 @@ def test_the_scan_finds_patient_data_when_the_filter_is_off(unfiltered: InMemory
     call_through_a_fhir_server(traced_chart())
     found = patient_data_in(unfiltered.get_finished_spans())
     assert any(repr(PATIENT_ID) in line for line in found), found
+
+
+def test_an_order_sign_call_is_traced_the_same_way_without_patient_data(exported: InMemorySpanExporter) -> None:
+    """The order-sign service: its prefetch resolution, fetches, order check and rendering are
+    the steps of its trace; the draft order (a warfarin renewal) shows in no span."""
+    scenario = next(s for s in load_scenarios() if s.name == "calciphylaxis-coded")
+    bundle = shift_dates(scenario.bundle, ANCHOR, date.today())
+    resources = [entry["resource"] for entry in bundle["entry"]]
+    drafts = json.loads((draft_orders_dir() / "warfarin-calciphylaxis-coded.json").read_text(encoding="utf-8"))
+    server = FhirServer(resources=resources)
+    with fhir_server(server):
+        base = server.url + "/r4"
+        app = create_app(
+            Settings(auth_disabled=True, feedback_database_url="memory://", metrics_port=0, local_fhir_servers=[base])
+        )
+        body = {
+            "hook": "order-sign",
+            "hookInstance": str(uuid.uuid4()),
+            "fhirServer": base,
+            "context": {"userId": "Practitioner/doc-1", "patientId": scenario.patient_id, "draftOrders": drafts},
+        }
+
+        async def scenario_call() -> httpx.Response:
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
+                    return await client.post("/cds-services/calcinosis-order-sign", json=body)
+
+        response = asyncio.run(scenario_call())
+    assert response.status_code == 200, response.text
+    cards = response.json()["cards"]
+    assert [c["indicator"] for c in cards] == ["warning"]
+    spans = exported.get_finished_spans()
+    [call] = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert (call.attributes or {})["calcinosis.service"] == "calcinosis-order-sign"
+    steps = {s.name for s in spans if s.parent is not None and s.parent.span_id == call.context.span_id}
+    assert steps == {"prefetch resolution", "assessment", "rendering"}
+    assert len([s for s in spans if s.name == "FHIR fetch"]) == len(server.seen) >= 1
+    order_data = (scenario.patient_id, "855332", "warfarin", "draft-warfarin")
+    assert patient_data_in(spans, order_data) == []
 
 
 def test_exception_messages_and_status_descriptions_do_not_reach_the_exporter(
