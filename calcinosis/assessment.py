@@ -152,6 +152,22 @@ class SuppressedWorkup:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingWorkup:
+    """A catalogue item that applies but is not suggested, because a test that satisfies it is
+    already ordered and not yet resulted (an active order placed inside the item's look-back).
+    15.5 counts such an order as "on file" and wants the same windows to drive the workup, so
+    patient-view never suggests a test that order-sign would then flag as a repeat."""
+
+    item_id: str
+    label: str
+    ordered_test: str
+    """The name of the test ordered (the item's own, or another test that satisfies it)."""
+    ordered: datetime
+    reference: str
+    """The order on the chart: for the card's extension only, never for the text a clinician reads."""
+
+
+@dataclass(frozen=True, slots=True)
 class DifferentialAssessment:
     """A differential diagnosis with what raises and lowers it in this patient."""
 
@@ -307,6 +323,8 @@ class Assessment:
     """Calcium and phosphate are normal and no underlying cause or exposure is on record: dystrophic
     and idiopathic both stay possible, and the headline says exactly that, not "dystrophic"."""
     idiopathic_entities: tuple[IdiopathicEntity, ...] = ()
+    pending_workup: tuple[PendingWorkup, ...] = ()
+    """Workup items not suggested because a test for them is ordered and its result pending."""
 
     def subtype(self, subtype: Subtype) -> SubtypeAssessment:
         """The assessment of one subtype (all five are always present)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from calcinosis.assessment import Assessment, DataQuality, Evidence, Likelihood, Subtype, SubtypeAssessment
@@ -20,7 +21,7 @@ from calcinosis.subtypes import (
     assess_metastatic,
     idiopathic_entities,
 )
-from calcinosis.workup import workup_gaps
+from calcinosis.workup import OrderedTest, workup_gaps
 
 ENTRY_CONCEPTS = (
     ClinicalConcept.CALCINOSIS_CUTIS,
@@ -55,8 +56,11 @@ def _no_cause_recorded(subtypes: dict[Subtype, SubtypeAssessment]) -> bool:
     )
 
 
-def assess(findings: PatientFindings, knowledge: KnowledgeBase | None = None) -> Assessment | None:
-    """Assess one patient. Returns None when calcinosis is not documented (the silent case)."""
+def assess(
+    findings: PatientFindings, knowledge: KnowledgeBase | None = None, orders: Sequence[OrderedTest] = ()
+) -> Assessment | None:
+    """Assess one patient. Returns None when calcinosis is not documented (the silent case).
+    `orders` are the lab tests ordered and not yet resulted: the workup does not suggest them."""
     entry = entry_evidence(findings)
     if not entry:
         return None
@@ -78,7 +82,7 @@ def assess(findings: PatientFindings, knowledge: KnowledgeBase | None = None) ->
         Subtype.CALCIPHYLAXIS: calciphylaxis,
     }
     differentials = assess_differentials(ctx, subtypes)
-    gaps, suppressed = workup_gaps(ctx, subtypes, differentials)
+    gaps, suppressed, pending = workup_gaps(ctx, subtypes, differentials, orders)
     derived = tuple(d for d in (ctx.calcium_derived(), ctx.caxp, ctx.kidney_derived()) if d is not None)
     severe = (
         ctx.calcium is not None and ctx.calcium.value >= kb.value("calcium-severe") and ctx.calcium.kind != "ionized"
@@ -92,6 +96,7 @@ def assess(findings: PatientFindings, knowledge: KnowledgeBase | None = None) ->
         distribution=assess_distribution(ctx),
         workup=gaps,
         suppressed_workup=suppressed,
+        pending_workup=pending,
         differentials=differentials,
         calciphylaxis_risk=risk,
         data_quality=DataQuality(

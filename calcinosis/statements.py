@@ -411,13 +411,17 @@ def _other_subtypes(assessment: Assessment, top: Subtype | None) -> str:
 
 def _missing(assessment: Assessment, workup: WorkupStatement | None, limit: int = 3) -> str | None:
     if workup is None or not workup.orders:
-        return None
+        # Nothing left to suggest, but a test ordered and awaited is worth the line (no workup card).
+        pending = _pending_lines(assessment)
+        return " ".join(pending[:limit]) if pending else None
     shown = workup.orders[:limit]
     absent = [short_label(gap) for gap in shown if gap.last_result is None]
     dated = [f"{short_label(gap)} (last {day(gap.last_result.date)})" for gap in shown if gap.last_result is not None]
     more = len(workup.orders) + len(workup.later) - len(shown)
-    # A result older than its look-back is "out of date", not "not on file" (it is on file).
-    parts = ([f"Not on file: {', '.join(absent)}"] if absent else []) + (
+    # A result older than its look-back is "out of date" (it is on file). A test without one is
+    # "no result on file", not "not on file": an order awaiting its result is on file too (15.5),
+    # and the chart's orders may not have been readable, so absence of an order is never claimed.
+    parts = ([f"No result on file: {', '.join(absent)}"] if absent else []) + (
         [f"out of date: {', '.join(dated)}" if absent else f"Out of date: {', '.join(dated)}"] if dated else []
     )
     text = "; ".join(parts)
@@ -433,6 +437,17 @@ def _why(gap: WorkupGap) -> str:
     if gap.last_result is not None and gap.lookback_days is not None:
         text += f" Last result {day(gap.last_result.date)}, more than {gap.lookback_days} days ago."
     return text
+
+
+def _pending_lines(assessment: Assessment) -> list[str]:
+    """'Intact PTH ordered 25 Nov 2026, result pending.': one line per test ordered (an order
+    that satisfies two items, an ionized calcium for calcium and albumin, is named once)."""
+    lines: list[str] = []
+    for item in assessment.pending_workup:
+        line = f"{item.ordered_test.split(' (')[0]} ordered {day(item.ordered)}, result pending."
+        if line not in lines:
+            lines.append(line)
+    return lines
 
 
 def short_label(gap: WorkupGap) -> str:
@@ -718,7 +733,8 @@ def workup_statement(
         if later
         else None
     )
-    further = [_why(gap) for gap in orders]
+    pending = _pending_lines(assessment)
+    further = [_why(gap) for gap in orders] + pending[3:]
     if assessment.suppressed_workup and suspected_calciphylaxis(assessment):
         further.insert(0, f"Not suggested: {_biopsy_caution(kb)}")
     statement = Statement(
@@ -726,7 +742,7 @@ def workup_statement(
         indicator="info",
         summary=shorten(summary),
         headline="Ranked for this picture; each button creates a draft order",
-        evidence=(),
+        evidence=tuple(pending[:3]),
         next_step=later_line,
         further=tuple(further),
         sources=tuple(dict.fromkeys(s for gap in orders for s in gap.sources)),

@@ -4,15 +4,23 @@ Which items apply is decided here from the subtype likelihoods and labs ("trigge
 workup.json); what each item is, its code, window and citation, lives in the catalogue.
 Biopsy is never suggested while calciphylaxis is suspected (clinical-knowledge.md 7.2): the item
 is withheld and the withholding is reported, so the card can say why.
+
+"Not yet done" also means "not yet ordered" (15.5): a test already ordered and not yet resulted,
+placed inside the item's look-back, is "on file" as a result would be. The item is then reported
+as pending instead of suggested, so the workup never proposes an order that the order-sign service
+would flag as a repeat (its re-test intervals never exceed these look-backs).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from calcinosis.assessment import (
     DifferentialAssessment,
     Likelihood,
+    PendingWorkup,
     Subtype,
     SubtypeAssessment,
     SuppressedWorkup,
@@ -28,6 +36,20 @@ SUSPECTED = (Likelihood.LIKELY, Likelihood.POSSIBLE)
 ELEVATED_RISK = "calciphylaxis-elevated-risk"
 """Internal trigger: the risk pattern without lesions. It orders nothing of its own, but a biopsy
 stays withheld as it is while calciphylaxis is suspected (7.2): a biopsy can start the ulcer."""
+
+
+class OrderedTest(Protocol):
+    """A lab test ordered for this patient and not yet resulted (`calcinosis.orders.PendingTest`,
+    read from the chart's active ServiceRequests by `fhir_mapping.orders.pending_tests`)."""
+
+    @property
+    def reference(self) -> str: ...
+
+    @property
+    def analytes(self) -> tuple[Analyte, ...]: ...
+
+    @property
+    def authored(self) -> datetime: ...
 
 
 def active_triggers(
@@ -115,11 +137,16 @@ def _ctd_labs_suggestive(ctx: PatientContext) -> bool:
     return False
 
 
+def _lookback(ctx: PatientContext, item: WorkupItem) -> int | None:
+    """The item's look-back in days (its dialysis one on dialysis); None: ever."""
+    if ctx.kidney.on_dialysis and item.lookback_days_dialysis is not None:
+        return item.lookback_days_dialysis
+    return item.lookback_days
+
+
 def _gap(ctx: PatientContext, item: WorkupItem) -> WorkupGap | None:
     """A gap for `item`, or None when a usable result lies within its window."""
-    lookback = item.lookback_days
-    if ctx.kidney.on_dialysis and item.lookback_days_dialysis is not None:
-        lookback = item.lookback_days_dialysis
+    lookback = _lookback(ctx, item)
     since = ctx.as_of - timedelta(days=lookback) if lookback is not None else None
     last = None
     unusable_note: str | None = None
@@ -152,15 +179,49 @@ def _gap(ctx: PatientContext, item: WorkupItem) -> WorkupGap | None:
     return WorkupGap(item.id, item.label, item.kind, item.code, reason, item.sources, lookback, item.code_note, last)
 
 
+def _test_name(ctx: PatientContext, analyte: Analyte, item: WorkupItem) -> str:
+    """What was ordered, in the catalogue's words: the item that orders this analyte (an ionized
+    calcium ordered satisfies the albumin item too, and is named as what it is)."""
+    if item.satisfied_by and item.satisfied_by[0] == analyte.value:
+        return item.label
+    for other in ctx.kb.workup:
+        if other.satisfied_by and other.satisfied_by[0] == analyte.value:
+            return other.label
+    return item.label
+
+
+def _ordered(ctx: PatientContext, item: WorkupItem, orders: Sequence[OrderedTest]) -> PendingWorkup | None:
+    """The newest order, placed inside the item's look-back (15.5 "on file"), for a test that
+    satisfies the item; None when there is none."""
+    lookback = _lookback(ctx, item)
+    since = ctx.as_of - timedelta(days=lookback) if lookback is not None else None
+    best: tuple[OrderedTest, Analyte] | None = None
+    for order in orders:
+        if order.authored > ctx.as_of or (since is not None and order.authored < since):
+            continue
+        analyte = next(
+            (ANALYTES[n] for n in item.satisfied_by if n in ANALYTES and ANALYTES[n] in order.analytes), None
+        )
+        if analyte is not None and (best is None or order.authored > best[0].authored):
+            best = (order, analyte)
+    if best is None:
+        return None
+    order, analyte = best
+    return PendingWorkup(item.id, item.label, _test_name(ctx, analyte, item), order.authored, order.reference)
+
+
 def workup_gaps(
     ctx: PatientContext,
     subtypes: dict[Subtype, SubtypeAssessment],
     differentials: tuple[DifferentialAssessment, ...],
-) -> tuple[tuple[WorkupGap, ...], tuple[SuppressedWorkup, ...]]:
-    """Gaps in catalogue order, and items withheld on purpose."""
+    orders: Sequence[OrderedTest] = (),
+) -> tuple[tuple[WorkupGap, ...], tuple[SuppressedWorkup, ...], tuple[PendingWorkup, ...]]:
+    """Gaps in catalogue order, items withheld on purpose, and items not suggested because a test
+    for them is already ordered (`orders`: the tests ordered and not yet resulted)."""
     triggers = active_triggers(ctx, subtypes, differentials)
     gaps: list[WorkupGap] = []
     suppressed: list[SuppressedWorkup] = []
+    pending: list[PendingWorkup] = []
     for item in ctx.kb.workup:
         if item.trigger not in triggers:
             continue
@@ -170,7 +231,12 @@ def workup_gaps(
             suppressed.append(SuppressedWorkup(item.id, item.label, item.caution or f"withheld: {item.never_when}"))
             continue
         gap = _gap(ctx, item)
-        if gap is not None:
+        if gap is None:
+            continue
+        ordered = _ordered(ctx, item, orders) if orders else None
+        if ordered is not None:
+            pending.append(ordered)
+        else:
             gaps.append(gap)
     # Biopsy must also never appear when calciphylaxis is suspected even if triggered otherwise.
     if "calciphylaxis-suspected" in triggers:
@@ -179,4 +245,4 @@ def workup_gaps(
                 suppressed.append(
                     SuppressedWorkup(item.id, item.label, item.caution or "withheld while calciphylaxis is suspected")
                 )
-    return tuple(gaps), tuple(suppressed)
+    return tuple(gaps), tuple(suppressed), tuple(pending)

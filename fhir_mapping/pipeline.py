@@ -291,17 +291,22 @@ def assess_resources(
     knowledge: KnowledgeBase | None = None,
     validate: bool = True,
 ) -> AssessmentResult:
-    """Assess one patient's resources as of a moment (timezone-aware)."""
+    """Assess one patient's resources as of a moment (timezone-aware). The chart's active test
+    orders not yet resulted (ServiceRequests) are "on file" for the workup (15.5), read exactly as
+    the order-sign service reads them."""
+    from fhir_mapping.orders import pending_tests  # imports this module: resolved at call time
+
     kb = knowledge or default_knowledge()
-    mapped = map_resources(
-        resources, terminology or default_terminology(), as_of, patient_id, int(kb.value("lab-retention-days"))
-    )
+    terminology = terminology or default_terminology()
+    resources = resources if isinstance(resources, list) else list(resources)
+    mapped = map_resources(resources, terminology, as_of, patient_id, int(kb.value("lab-retention-days")))
+    orders = pending_tests(resources, terminology, patient_id)
     findings = mapped.findings
     checked: set[str] = set()
     invalid: dict[str, str] = {}
     entry_references = {c.source.reference for c in findings.conditions if c.concept in ENTRY_CONCEPTS}
     while True:
-        assessment = assess(findings, kb)
+        assessment = assess(findings, kb, orders)
         if assessment is None or not validate:
             unreadable = findings.unreadable_entries + tuple(sorted(set(invalid) & entry_references))
             return AssessmentResult(assessment, findings, unreadable)

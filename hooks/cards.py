@@ -386,6 +386,16 @@ def workup_card(
                     }
                     for g in workup.orders + workup.later
                 ]
+                + [
+                    {
+                        "item": p.item_id,
+                        "label": p.label,
+                        "suggested": False,
+                        "orderedOn": p.ordered.date().isoformat(),
+                        "resultPending": True,
+                    }
+                    for p in assessment.pending_workup
+                ]
             )
         },
     )

@@ -4,9 +4,9 @@ calciphylaxis or the consensus risk pattern (clinical-knowledge.md section 15).
 EHRs fire order-sign synchronously as the clinician clicks Sign, so the usual answer (no draft
 order that any table names) is given before any chart is read or fetched. Otherwise the chart is
 obtained exactly as for patient-view (the same prefetch templates, the same fallback fetching
-under the same outbound policy), plus the encounter when the context names one (its class sets
-the re-test intervals of 15.5) and the patient's active test orders (a test ordered and not yet
-resulted is "on file" for 15.5 like a result).
+under the same outbound policy, the patient's active test orders included: a test ordered and not
+yet resulted is "on file" for 15.5 like a result), plus the encounter when the context names one
+(its class sets the re-test intervals of 15.5).
 """
 
 from __future__ import annotations
@@ -38,16 +38,9 @@ ORDER_SIGN_SERVICE_ID = "calcinosis-order-sign"
 ORDER_SIGN_HOOK = "order-sign"
 ORDER_SIGN_HOOK_VERSION = "1.0"  # order-sign in the CDS Hooks Library 1.0.1
 ENCOUNTER_KEY = PrefetchKey("encounter", "Encounter/{{context.encounterId}}", "Encounter", required=False)
-SERVICE_REQUESTS_KEY = PrefetchKey(
-    "serviceRequests",
-    "ServiceRequest?patient={{context.patientId}}&status=active",
-    "ServiceRequest",
-    required=False,
-    label="test orders not yet resulted",
-)
-"""Tests already ordered and not yet resulted: 15.5 counts them as on file, like a result."""
-ORDER_SIGN_KEYS = (ENCOUNTER_KEY, SERVICE_REQUESTS_KEY)
-"""The order-sign service's templates beyond the patient-view ones it shares."""
+ORDER_SIGN_KEYS = (ENCOUNTER_KEY,)
+"""The order-sign service's templates beyond those it shares with patient-view (which include the
+active test orders, `hooks.prefetch.SERVICE_REQUESTS_KEY`: patient-view's workup reads them too)."""
 
 
 class OrderSignService:

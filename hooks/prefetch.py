@@ -57,6 +57,18 @@ class PrefetchKey:
         return "?" not in self.query
 
 
+SERVICE_REQUESTS_KEY = PrefetchKey(
+    "serviceRequests",
+    "ServiceRequest?patient={{context.patientId}}&status=active",
+    "ServiceRequest",
+    required=False,
+    label="test orders not yet resulted",
+)
+"""Tests already ordered and not yet resulted (15.5 counts them as on file, like a result): both
+services read them, patient-view so that its workup never suggests a test already ordered,
+order-sign so that a draft repeating one is flagged. Optional: without them the workup suggests by
+results alone."""
+
 ENCOUNTER_TOKEN = "{{context.encounterId}}"
 """The encounter of order-sign's optional `encounterId` (CDS Hooks Library 1.0.1)."""
 
@@ -106,6 +118,7 @@ def prefetch_keys(terminology: Terminology) -> tuple[PrefetchKey, ...]:
             label="medication administrations",
         ),
         PrefetchKey("procedures", f"Procedure?patient={patient}", "Procedure", required=False, label="procedures"),
+        SERVICE_REQUESTS_KEY,
     )
 
 

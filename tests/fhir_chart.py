@@ -48,8 +48,8 @@ def search_keys() -> dict[str, str]:
 
 @cache
 def order_sign_search_keys() -> dict[str, str]:
-    """The order-sign service's search keys: patient-view's, and its own (the active test orders).
-    Its encounter read depends on the call's `encounterId`, so a chart's prefetch leaves it out."""
+    """The order-sign service's search keys: patient-view's (the active test orders among them),
+    and its own searches, if any. Its encounter read depends on the call's `encounterId`, so a chart's prefetch leaves it out."""
     from hooks.order_sign import ORDER_SIGN_KEYS
 
     return {**search_keys(), **{key.key: key.resource_type for key in ORDER_SIGN_KEYS if not key.is_read}}

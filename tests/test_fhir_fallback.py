@@ -25,6 +25,7 @@ SEARCH = {
     "MedicationStatement": re.compile(rf"{re.escape(FHIR_BASE)}/MedicationStatement\?.*"),
     "MedicationAdministration": re.compile(rf"{re.escape(FHIR_BASE)}/MedicationAdministration\?.*"),
     "Procedure": re.compile(rf"{re.escape(FHIR_BASE)}/Procedure\?.*"),
+    "ServiceRequest": re.compile(rf"{re.escape(FHIR_BASE)}/ServiceRequest\?.*"),
 }
 
 
