@@ -412,8 +412,9 @@ def _other_subtypes(assessment: Assessment, top: Subtype | None) -> str:
 def _missing(assessment: Assessment, workup: WorkupStatement | None, limit: int = 3) -> str | None:
     if workup is None or not workup.orders:
         # Nothing left to suggest, but a test ordered and awaited is worth the line (no workup card).
-        pending = _pending_lines(assessment)
-        return " ".join(pending[:limit]) if pending else None
+        ordered = list(dict.fromkeys(f"{name} (ordered {when})" for name, when in _pending_tests(assessment)))
+        rest = f" and {len(ordered) - limit} more" if len(ordered) > limit else ""
+        return f"Result pending: {', '.join(ordered[:limit])}{rest}." if ordered else None
     shown = workup.orders[:limit]
     absent = [short_label(gap) for gap in shown if gap.last_result is None]
     dated = [f"{short_label(gap)} (last {day(gap.last_result.date)})" for gap in shown if gap.last_result is not None]
@@ -439,15 +440,16 @@ def _why(gap: WorkupGap) -> str:
     return text
 
 
+def _pending_tests(assessment: Assessment) -> list[tuple[str, str]]:
+    """(test, date ordered) of each workup item not suggested because its test is awaited."""
+    return [(item.ordered_test.split(" (")[0], day(item.ordered)) for item in assessment.pending_workup]
+
+
 def _pending_lines(assessment: Assessment) -> list[str]:
     """'Intact PTH ordered 25 Nov 2026, result pending.': one line per test ordered (an order
     that satisfies two items, an ionized calcium for calcium and albumin, is named once)."""
-    lines: list[str] = []
-    for item in assessment.pending_workup:
-        line = f"{item.ordered_test.split(' (')[0]} ordered {day(item.ordered)}, result pending."
-        if line not in lines:
-            lines.append(line)
-    return lines
+    lines = (f"{name} ordered {when}, result pending." for name, when in _pending_tests(assessment))
+    return list(dict.fromkeys(lines))
 
 
 def short_label(gap: WorkupGap) -> str:

@@ -40,7 +40,7 @@ from hooks.service import CalcinosisService
 WIDTHS = (400, 720)
 """Side-panel widths the page offers: a narrow sidebar and a wide one (clinical-knowledge.md 11.4)."""
 MAX_DOCUMENT_BYTES = 10_000_000
-_OPENING_STARTS = ("No result on file", "Next:", "**Caution**", "Ranked for", "Also worth")
+_OPENING_STARTS = ("No result on file", "Result pending", "Next:", "**Caution**", "Ranked for", "Also worth")
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(["table", "strikethrough"])
 

@@ -21,6 +21,7 @@ from calcinosis.statements import card_statements
 from fhir_mapping import assess_resources, bundle_resources
 from fhir_mapping.orders import check_draft_orders, read_draft_orders
 from hooks.cards import render_cards
+from hooks.preview import split_detail
 from tests.charts import AS_OF, ICD10, Chart, when
 from tests.hookclient import FHIR_BASE, cards_of, hook_request, make_app, post
 from tests.test_fhir_fallback import serve_chart
@@ -199,7 +200,7 @@ def test_an_ionized_calcium_ordered_is_named_once_for_calcium_and_albumin() -> N
 
 def test_with_every_test_ordered_there_is_no_workup_card_and_the_subtype_card_says_so() -> None:
     """Nothing left to suggest: no workup card (a card without an action is noise, 11.4); the
-    subtype card says the test is ordered and pending instead of calling it missing."""
+    subtype card says, on its first screen, that the test is ordered and pending."""
     chart = ssc_chart()
     chart.procedure("Radiograph of hand", 20, code="363680008")
     chart.lab_ordered(*PTH, 3)
@@ -208,7 +209,9 @@ def test_with_every_test_ordered_there_is_no_workup_card_and_the_subtype_card_sa
     cards = render_cards(assessment, KB, uuid.uuid4(), chart.patient_id)
     assert [c.source.topic.code for c in cards if c.source.topic is not None] == ["subtype"]
     statements = card_statements(assessment, KB)
-    assert statements.subtype.missing == f"Intact PTH ordered {day(3)}, result pending."
+    assert statements.subtype.missing == f"Result pending: Intact PTH (ordered {day(3)})."
+    opening, _ = split_detail(cards[0].detail or "")
+    assert f"Result pending: Intact PTH (ordered {day(3)})." in opening  # on the first screen
     assert statements.subtype.next_step is None or "PTH" not in statements.subtype.next_step
 
 
