@@ -242,6 +242,36 @@ def test_what_patient_view_suggests_order_sign_never_flags_as_a_repeat(
     assert [a.summary for a in result.check.advice if a.kind == "repeat-lab"] == []
 
 
+REPEAT_TESTS = [
+    ("17861-6", "Calcium [Mass/volume] in Serum or Plasma"),
+    ("2777-1", "Phosphate [Mass/volume] in Serum or Plasma"),
+    PTH,
+    VITAMIN_D,
+    ("6768-6", "Alkaline phosphatase [Enzymatic activity/volume] in Serum or Plasma"),
+]
+"""Every test section 15.5 gives a re-test window (1,25-(OH)2 vitamin D aside: once per episode)."""
+
+
+@pytest.mark.parametrize("chart_of", [dialysis_chart, ssc_chart], ids=["dialysis", "no-ckd"])
+@pytest.mark.parametrize("test", REPEAT_TESTS, ids=[t[0] for t in REPEAT_TESTS])
+def test_no_suggestion_is_a_pending_repeat_at_any_age_of_the_order(chart_of: Any, test: tuple[str, str]) -> None:
+    """For each 15.5 test ordered at ages on both sides of every window involved (48 h, 1, 3 and
+    6 months, a year), in an outpatient encounter (order-sign's longest intervals): no draft that
+    patient-view suggests is a repeat for order-sign."""
+    for days_ago in (1, 3, 29, 31, 89, 91, 179, 181, 364, 366):
+        chart = chart_of()
+        chart.lab_ordered(*test, days_ago)
+        card = workup_card(chart)
+        entries = [{"resource": a["resource"]} for s in (card or {}).get("suggestions", []) for a in s["actions"]]
+        if not entries:
+            continue
+        drafts = read_draft_orders({"resourceType": "Bundle", "type": "collection", "entry": entries})
+        result = check_draft_orders(
+            bundle_resources(chart.bundle()), drafts, AS_OF, chart.patient_id, encounter=EncounterSetting.AMBULATORY
+        )
+        assert [a.summary for a in result.check.advice if a.kind == "repeat-lab"] == [], days_ago
+
+
 # ----- through HTTP ---------------------------------------------------------------------------------
 
 PATIENT_VIEW = "/cds-services/calcinosis"
@@ -285,6 +315,16 @@ def test_without_the_key_and_nothing_to_fetch_with_the_workup_reads_results_only
     workup = next(c for c in cards if c["source"]["topic"]["code"] == "workup")
     assert "2731-8" in suggested_codes(workup) and "result pending" not in workup["detail"]
     assert "Not on file" not in cards[0]["detail"]  # only "no result on file": orders were not seen
+
+
+def test_orders_prefetched_as_null_mean_none(app: Any) -> None:
+    """`null` is "no data" (CDS Hooks): no order to keep out, nothing said to be incomplete."""
+    chart = dialysis_chart()
+    body = hook_request(chart)
+    body["prefetch"]["serviceRequests"] = None
+    cards = cards_of(post(app, PATIENT_VIEW, body))
+    assert "2731-8" in suggested_codes(next(c for c in cards if c["source"]["topic"]["code"] == "workup"))
+    assert "Incomplete record" not in cards[0]["detail"]
 
 
 def test_an_unreadable_orders_prefetch_is_named_not_taken_as_no_orders(app: Any) -> None:
