@@ -104,7 +104,8 @@ class CalcinosisService:
             handler=self.handle,
             usage_requirements=(
                 "Needs the patient's Conditions and calcium/phosphate-related Observations; medications and "
-                "procedures improve the assessment. Missing prefetch is fetched from fhirServer."
+                "procedures improve the assessment, and active ServiceRequests keep a test already ordered out of "
+                "the workup. Missing prefetch is fetched from fhirServer."
             ),
             version=SPEC_VERSION,
             hook_version=HOOK_VERSION,
