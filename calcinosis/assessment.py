@@ -116,6 +116,10 @@ class DerivedValue:
     method: str | None = None
     """For an eGFR: "reported eGFR", or the equation that estimated it from a creatinine
     ("CKD-EPI 2021", "bedside Schwartz 2009"); the card says which produced a number it shows."""
+    ckd_established: bool = False
+    """For the kidney reading: CKD is established (KDIGO's 3-month chronicity, a coded stage,
+    dialysis or a transplant; clinical-knowledge.md 2.3), the same check that lets CKD be named as
+    a cause. The card says "CKD" only when this holds; a single reduced eGFR is only an eGFR."""
 
 
 @dataclass(frozen=True, slots=True)

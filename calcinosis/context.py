@@ -950,6 +950,7 @@ class PatientContext:
             note="; ".join(notes) or None,
             date=reading.effective if reading is not None else None,
             method=kidney.method,
+            ckd_established=kidney.ckd_established,
         )
 
     def calcium_derived(self) -> DerivedValue | None:

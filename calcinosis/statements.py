@@ -388,13 +388,21 @@ def _risk_summary(factors: tuple[RiskFactor, ...]) -> str:
 
 
 def _kidney_setting(assessment: Assessment) -> str:
-    """'on dialysis', 'in CKD G4' or ''."""
+    """'on dialysis', 'in CKD G4', 'with eGFR 52' or ''.
+
+    "CKD" only when it is established (KDIGO's 3-month chronicity, a coded stage or a transplant,
+    clinical-knowledge.md 2.3): one reduced eGFR, reported or estimated, is stated as the eGFR it
+    is, never as chronic kidney disease."""
     if assessment.calciphylaxis_risk.on_dialysis:
         return "on dialysis"
     ckd = assessment.derived_value("ckd-stage")
-    if ckd is not None and ckd.category and ckd.category.startswith(("G3", "G4", "G5")):
+    if ckd is None or not ckd.category or not ckd.category.startswith(("G3", "G4", "G5")):
+        return ""
+    if ckd.ckd_established:
         return f"in CKD {ckd.category.split(' ')[0]}"
-    return ""
+    if ckd.value is not None:
+        return f"with eGFR {ckd.value:.0f}"
+    return "with reduced kidney function"
 
 
 def _other_subtypes(assessment: Assessment, top: Subtype | None) -> str:

@@ -1,0 +1,103 @@
+"""The subtype card's words about kidney function (issue 12, items 1 and 2; clinical-knowledge.md
+2.3, 2.3a and 11.4): a FHIR chart in, the card out.
+
+"CKD" is stated only when the record shows KDIGO chronicity (a reduced eGFR at least the
+knowledge base's chronicity window earlier, a coded stage, dialysis or a transplant): one eGFR,
+reported or estimated from one creatinine, is named as the eGFR it is. Windows are read from the
+knowledge base, so the tests follow a reviewed edit of thresholds.json.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from calcinosis.assessment import Assessment
+from calcinosis.knowledge_base import default_knowledge
+from hooks.cards import render_cards
+from tests.charts import AS_OF, ICD10, Chart
+
+KB = default_knowledge()
+CHRONICITY_DAYS = KB.value("ckd-chronicity-days")
+DRAWN_DAYS_AGO = 5
+"""The current panel is drawn this many days before the assessment (`Chart.mineral_panel`)."""
+
+
+def born(years: float) -> str:
+    return (AS_OF - timedelta(days=years * 365.25)).date().isoformat()
+
+
+def subtype_card(assessment: Assessment | None) -> tuple[str, str]:
+    """(summary, detail) of the subtype card, rendered as the EHR receives it."""
+    assert assessment is not None
+    cards = render_cards(assessment, KB, uuid.UUID(int=5), "pat-1")
+    card = next(c for c in cards if c.source.topic is not None and c.source.topic.code == "subtype")
+    return card.summary, card.detail or ""
+
+
+def malignancy_chart(earlier_egfr_days_ago: float | None) -> Chart:
+    """Hypercalcemia of malignancy (suppressed PTH, low phosphate) with an eGFR of 52 now and,
+    optionally, an eGFR of 50 drawn earlier."""
+    chart = Chart(gender="male", birth_date=born(64))
+    chart.calcinosis()
+    chart.condition("C34.90", ICD10, "Malignant neoplasm of unspecified part of lung")
+    chart.mineral_panel(11.8, 4.1, 2.3, days_ago=DRAWN_DAYS_AGO, egfr=52)
+    chart.lab("2731-8", 12, "pg/mL", DRAWN_DAYS_AGO)
+    if earlier_egfr_days_ago is not None:
+        chart.lab("98979-8", 50, "mL/min/{1.73_m2}", earlier_egfr_days_ago)
+    return chart
+
+
+def test_a_single_egfr_is_stated_as_an_egfr_not_as_ckd() -> None:
+    summary, detail = subtype_card(malignancy_chart(None).assess())
+    assert "CKD" not in summary
+    assert "eGFR 52" in summary
+    assert "CKD G3" not in detail
+    assert "hypercalcemia of malignancy" in summary
+
+
+@pytest.mark.parametrize(
+    ("days_before_the_current_draw", "chronic"),
+    [(CHRONICITY_DAYS + 1, True), (CHRONICITY_DAYS, True), (CHRONICITY_DAYS - 2, False)],
+)
+def test_ckd_is_named_only_with_two_egfrs_the_chronicity_window_apart(
+    days_before_the_current_draw: float, chronic: bool
+) -> None:
+    assessment = malignancy_chart(DRAWN_DAYS_AGO + days_before_the_current_draw).assess()
+    summary, _ = subtype_card(assessment)
+    assert ("in CKD G3a" in summary) is chronic, summary
+    assert ("eGFR 52" in summary) is not chronic, summary
+    derived = assessment.derived_value("ckd-stage") if assessment else None
+    assert derived is not None and derived.ckd_established is chronic
+
+
+def creatinine_chart(earlier_creatinine_days_ago: float | None) -> Chart:
+    """A high phosphate with no eGFR reported: a creatinine of 1.6 mg/dL (CKD-EPI 2021, male, 64
+    years: about 48), and optionally an earlier creatinine of 1.7 mg/dL."""
+    chart = Chart(gender="male", birth_date=born(64))
+    chart.calcinosis()
+    chart.mineral_panel(9.4, 4.1, 6.2, days_ago=DRAWN_DAYS_AGO, egfr=None)
+    chart.lab("2160-0", 1.6, "mg/dL", DRAWN_DAYS_AGO)
+    if earlier_creatinine_days_ago is not None:
+        chart.lab("2160-0", 1.7, "mg/dL", earlier_creatinine_days_ago)
+    return chart
+
+
+def test_a_single_creatinine_is_stated_as_an_egfr_not_as_ckd() -> None:
+    summary, _ = subtype_card(creatinine_chart(None).assess())
+    assert "CKD" not in summary
+    assert "eGFR 48" in summary
+
+
+def test_two_creatinines_the_chronicity_window_apart_are_ckd() -> None:
+    summary, _ = subtype_card(creatinine_chart(DRAWN_DAYS_AGO + CHRONICITY_DAYS + 1).assess())
+    assert "in CKD G3a" in summary
+
+
+def test_a_coded_stage_is_ckd_without_a_second_egfr() -> None:
+    chart = malignancy_chart(None)
+    chart.condition("N18.31", ICD10, "Chronic kidney disease, stage 3a")
+    summary, _ = subtype_card(chart.assess())
+    assert "in CKD G3a" in summary
