@@ -15,13 +15,12 @@ from __future__ import annotations
 from calcinosis.assessment import CauseFinding, Evidence, MetabolicCause, RuleFinding
 from calcinosis.context import (
     HIGH,
-    LOW,
     PatientContext,
     cite_medications,
     condition_evidence,
     lab_evidence,
 )
-from calcinosis.derived import is_above, is_below
+from calcinosis.derived import is_above
 from calcinosis.findings import Analyte, ClinicalConcept, DrugClass, LabResult
 
 CAUSE_SOURCES = ("DermNet", "Medscape-CC", "StatPearls")
@@ -64,11 +63,7 @@ def _supported_causes(ctx: PatientContext) -> tuple[CauseFinding, ...]:
     phosphate_evidence: tuple[Evidence, ...] = (lab_evidence(phosphate.lab),) if phosphate is not None else ()
     pth_state, pth, _ = ctx.pth_status()
     pth_evidence: tuple[Evidence, ...] = (lab_evidence(pth),) if pth is not None else ()
-    pth_suppressed = (
-        pth is not None
-        and pth.value is not None
-        and (pth_state == LOW or bool(is_below(pth.value, pth.comparator, kb.value("pth-suppressed"))))
-    )
+    pth_suppressed = ctx.pth_suppressed()  # the workup's reading too
     pth_high = pth_state == HIGH
     causes: list[CauseFinding] = []
 

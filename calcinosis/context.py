@@ -998,6 +998,18 @@ class PatientContext:
         status, comparisons = self.judge(lab, lab.value, "pth-upper", None)
         return status, lab, comparisons
 
+    def pth_suppressed(self) -> bool:
+        """The latest intact PTH is suppressed: below the lab's lower limit (or flagged low), or
+        below the knowledge base's `pth-suppressed` level whatever the range (5.2, section 3).
+
+        The one reading of "suppressed" that both the cause (hypercalcemia of malignancy, vitamin
+        D, granulomatous disease) and the workup (PTHrP and electrophoresis rather than a 24-hour
+        urine calcium) rest on, so the two never contradict each other."""
+        state, lab, _ = self.pth_status()
+        if lab is None or lab.value is None:
+            return False
+        return state == LOW or bool(is_below(lab.value, lab.comparator, self.kb.value("pth-suppressed")))
+
     def onset(self) -> datetime | None:
         """The earliest date calcinosis or calciphylaxis is recorded (onset or recorded date)."""
         dates = [

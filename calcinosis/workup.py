@@ -26,7 +26,7 @@ from calcinosis.assessment import (
     SuppressedWorkup,
     WorkupGap,
 )
-from calcinosis.context import HIGH, LOW, NORMAL, PatientContext, lab_evidence, procedure_evidence
+from calcinosis.context import HIGH, NORMAL, PatientContext, lab_evidence, procedure_evidence
 from calcinosis.findings import Analyte, Interpretation, ProcedureKind
 from calcinosis.knowledge_base import WorkupItem
 
@@ -67,7 +67,7 @@ def active_triggers(
     if calcium_high:
         triggers.add("hypercalcemia")
         pth_state, _, _ = ctx.pth_status()
-        if pth_state == LOW:
+        if ctx.pth_suppressed():  # the same reading as the cause it names (causes.py)
             triggers.add("hypercalcemia-low-pth")
         elif pth_state in (NORMAL, HIGH):
             triggers.add("hypercalcemia-pth-not-low")
