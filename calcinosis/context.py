@@ -8,6 +8,7 @@ old" and "does the lab's own range win over the fixed cut-off" are decided in on
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from calcinosis.derived import (
     is_below,
 )
 from calcinosis.findings import (
+    CANONICAL_UNITS,
     Analyte,
     ClinicalConcept,
     ConditionFinding,
@@ -239,18 +241,62 @@ class KidneyStatus:
         return found + self.aki_evidence
 
 
-_MAXIMA: dict[int, tuple[KnowledgeBase, dict[Analyte, float]]] = {}
+_FLOAT_MAX = sys.float_info.max
+"""The limit for an analyte with no plausible maximum in its unit: only infinity lies above it."""
+
+_MAXIMA: dict[int, tuple[KnowledgeBase, dict[Analyte, tuple[float, str | None]]]] = {}
+
+ZERO_IS_A_READING = frozenset(
+    {
+        Analyte.ESR,
+        Analyte.CRP,
+        Analyte.ANA,
+        Analyte.ANTI_SCL_70,
+        Analyte.ANTI_PM_SCL,
+        Analyte.ANTI_CENTROMERE,
+        Analyte.ANCA,
+        Analyte.ANTICARDIOLIPIN,
+        Analyte.CRYOGLOBULIN,
+        Analyte.HEPATITIS_C_ANTIBODY,
+        Analyte.PROTEIN_C,
+        Analyte.PROTEIN_S,
+        Analyte.ANTITHROMBIN,
+    }
+)
+"""Analytes on scales that start at zero, where a result of 0 is a reading rather than an error:
+a sedimentation rate, an antibody index or titre, a cryocrit, an activity in percent (a
+homozygous deficiency), a CRP below detection rounded to 0. For every other analyte a numeric
+result of zero or less is physiologically impossible; a negative or non-finite value is
+impossible for all of them."""
+
+_PER_DAY = ("/(24.h)", "/24.h", "/24h", "/(24h)", "/day", "/d")
 
 
-def _plausible_maxima(kb: KnowledgeBase) -> dict[Analyte, float]:
-    """Analyte -> largest plausible value, read once per knowledge base (every lab is checked)."""
+def unit_key(unit: str | None) -> str | None:
+    """A unit spelling folded for comparison: case, spaces and the micro sign ignored, and the
+    usual spellings of "per 24 hours" ("mg/(24.h)", "mg/24h", "mg/d") taken as one."""
+    if unit is None:
+        return None
+    folded = unit.replace("µ", "u").replace("μ", "u").replace(" ", "").lower()
+    for spelling in _PER_DAY:
+        if folded.endswith(spelling):
+            return folded[: -len(spelling)] + "/d"
+    return folded
+
+
+def _plausible_maxima(kb: KnowledgeBase) -> dict[Analyte, tuple[float, str | None]]:
+    """Analyte -> (largest plausible value, the unit it applies in), read once per knowledge base
+    (every lab is checked). The unit is None for an analyte normalised to its canonical unit (the
+    limit always applies); otherwise it is the folded unit of the threshold, and the limit applies
+    only to a result reported in that unit (the value is kept as reported, not converted)."""
     known = _MAXIMA.get(id(kb))
     if known is None or known[0] is not kb:
-        maxima = {
-            analyte: kb.thresholds[f"plausible-max-{analyte.value}"].value
-            for analyte in Analyte
-            if f"plausible-max-{analyte.value}" in kb.thresholds
-        }
+        maxima: dict[Analyte, tuple[float, str | None]] = {}
+        for analyte in Analyte:
+            threshold = kb.thresholds.get(f"plausible-max-{analyte.value}")
+            if threshold is not None:
+                unit = None if CANONICAL_UNITS.get(analyte) is not None else unit_key(threshold.unit)
+                maxima[analyte] = (threshold.value, unit)
         _MAXIMA[id(kb)] = known = (kb, maxima)
     return known[1]
 
@@ -301,20 +347,29 @@ class PatientContext:
         self.caxp = self._calcium_phosphate_product()
 
     def _plausible(self, lab: LabResult) -> LabResult:
-        """The result, or the result made unusable when its value cannot be physiological: zero
-        or less for a concentration, not finite, or above the knowledge base's plausible maximum
-        (a unit or entry error such as 1e308). Such values are counted (`implausible`) and never
-        reach a rule, so no card rests on them. A reference range with an impossible end is
-        dropped and the fixed cut-offs apply instead."""
+        """The result, or the result made unusable when its value cannot be physiological: not
+        finite or negative for any analyte, zero for any analyte whose scale does not start at
+        zero (`ZERO_IS_A_READING`), or above the knowledge base's plausible maximum (a unit or
+        entry error such as 1e308). Such values are counted (`implausible`) and never reach a
+        rule, so no card rests on them. A reference range with an impossible end is dropped and
+        the fixed cut-offs apply instead."""
         value = lab.value
         if value is None or lab.unusable_reason is not None:
             return lab
-        maximum = _plausible_maxima(self.kb).get(lab.analyte)
-        if maximum is None:
-            return lab
-        if 0 < value <= maximum and lab.reference_low is None and lab.reference_high is None:
-            return lab  # the usual case, decided by two comparisons (NaN fails them and goes on)
-        if not math.isfinite(value) or value > maximum or (value <= 0 and lab.comparator not in ("<", "<=")):
+        limit = _FLOAT_MAX
+        found = _plausible_maxima(self.kb).get(lab.analyte)
+        if found is not None and (found[1] is None or found[1] == unit_key(lab.unit)):
+            limit = found[0]
+        if 0 < value <= limit and lab.reference_low is None and lab.reference_high is None:
+            return lab  # the usual case, decided by two comparisons (NaN and inf fail them and go on)
+        censored_below = lab.comparator in ("<", "<=")
+        zero_possible = lab.analyte in ZERO_IS_A_READING
+        if (
+            not math.isfinite(value)
+            or value > limit
+            or (value < 0 and not censored_below)
+            or (value == 0 and not zero_possible and not censored_below)
+        ):
             unusable = replace(
                 lab,
                 value=None,
@@ -325,7 +380,7 @@ class PatientContext:
             self.implausible.append(unusable)
             return unusable
         ends = [end for end in (lab.reference_low, lab.reference_high) if end is not None]
-        if any(not math.isfinite(end) or end < 0 or end > maximum for end in ends):
+        if any(not math.isfinite(end) or end < 0 or end > limit for end in ends):
             return replace(lab, reference_low=None, reference_high=None)
         return lab
 
