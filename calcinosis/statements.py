@@ -23,6 +23,7 @@ from datetime import datetime
 from calcinosis.assessment import (
     Assessment,
     CalciphylaxisStatus,
+    DerivedValue,
     DifferentialAssessment,
     Evidence,
     Likelihood,
@@ -32,6 +33,7 @@ from calcinosis.assessment import (
     SubtypeAssessment,
     WorkupGap,
 )
+from calcinosis.context import METHOD_REPORTED
 from calcinosis.knowledge_base import KnowledgeBase, display_unit
 
 SUMMARY_LIMIT = 139
@@ -401,8 +403,36 @@ def _kidney_setting(assessment: Assessment) -> str:
     if ckd.ckd_established:
         return f"in CKD {ckd.category.split(' ')[0]}"
     if ckd.value is not None:
-        return f"with eGFR {ckd.value:.0f}"
+        return f"with {'estimated ' if _estimated(ckd) else ''}eGFR {ckd.value:.0f}"
     return "with reduced kidney function"
+
+
+def _estimated(ckd: DerivedValue) -> bool:
+    """The eGFR was computed here from a creatinine (an equation is named), not reported by the lab."""
+    return ckd.method is not None and ckd.method != METHOD_REPORTED
+
+
+def kidney_line(assessment: Assessment) -> str | None:
+    """The eGFR a statement rests on, with where it came from (clinical-knowledge.md 2.3a: the card
+    says which equation produced a number it shows): "eGFR 48 mL/min/1.73 m² (estimated from
+    creatinine 1.6 mg/dL, CKD-EPI 2021), 27 Oct 2026"; a reported eGFR as the lab reported it,
+    never labelled as estimated. None when no eGFR is known."""
+    ckd = assessment.derived_value("ckd-stage")
+    if ckd is None or ckd.value is None:
+        return None
+    if not _estimated(ckd):
+        egfr = next((e for e in ckd.inputs if e.kind == "egfr"), None)
+        return lab_line(egfr) if egfr is not None else None
+    creatinine = next((e for e in ckd.inputs if e.kind == "creatinine"), None)
+    if creatinine is None:
+        return None
+    basis = f"creatinine {as_reported(creatinine)}"
+    height = next((e for e in ckd.inputs if e.kind == "body-height"), None)
+    if height is not None:
+        basis += f" and height {as_reported(height)}"
+    return (
+        f"eGFR {ckd.value:.0f} {display_unit(ckd.unit or '')} (estimated from {basis}, {ckd.method}), {day(ckd.date)}"
+    )
 
 
 def _other_subtypes(assessment: Assessment, top: Subtype | None) -> str:
@@ -569,6 +599,14 @@ def subtype_statement(assessment: Assessment, kb: KnowledgeBase, workup: WorkupS
         sources += [s for f in top.findings for s in f.sources]
         further.append(_other_subtypes(assessment, top.subtype))
 
+    kidney = kidney_line(assessment) if setting and setting in summary else None
+    if kidney is not None:
+        # The summary names the kidney function; the first screen says which number and, for an
+        # estimate, which equation (2.3a), without going past three evidence lines (11.4).
+        if len(evidence) < 3:
+            evidence.append(kidney)
+        else:
+            further.insert(0, kidney)
     if elevated_calciphylaxis_risk(assessment):
         risk = assessment.calciphylaxis_risk
         further.insert(

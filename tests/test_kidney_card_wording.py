@@ -101,3 +101,68 @@ def test_a_coded_stage_is_ckd_without_a_second_egfr() -> None:
     chart.condition("N18.31", ICD10, "Chronic kidney disease, stage 3a")
     summary, _ = subtype_card(chart.assess())
     assert "in CKD G3a" in summary
+
+
+# ----- the card says which equation produced an eGFR it shows (2.3a) ----------------------------
+
+
+def first_screen_evidence(detail: str) -> list[str]:
+    """The evidence lines of the detail's first screen (the bullet list after the headline)."""
+    block = detail.split("\n\n", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("- ")]
+
+
+def test_an_adult_estimate_names_ckd_epi_2021_and_the_creatinine() -> None:
+    summary, detail = subtype_card(creatinine_chart(None).assess())
+    assert "estimated eGFR 48" in summary
+    lines = first_screen_evidence(detail)
+    assert "- eGFR 48 mL/min/1.73 m² (estimated from creatinine 1.6 mg/dL, CKD-EPI 2021)" in "\n".join(lines)
+    assert len(lines) <= 3
+
+
+def test_a_creatinine_in_si_units_is_shown_as_reported() -> None:
+    chart = Chart(gender="male", birth_date=born(64))
+    chart.calcinosis()
+    chart.mineral_panel(9.4, 4.1, 6.2, days_ago=DRAWN_DAYS_AGO, egfr=None)
+    chart.lab("14682-9", 141, "umol/L", DRAWN_DAYS_AGO)
+    _, detail = subtype_card(chart.assess())
+    assert "(estimated from creatinine 141 umol/L (1.6 mg/dL), CKD-EPI 2021)" in detail
+
+
+def child_chart(height_cm: float | None) -> Chart:
+    """A 12-year-old with a high phosphate (above the lab's range) and a creatinine of 1.6 mg/dL,
+    no eGFR reported: bedside Schwartz with a height gives 0.413 x 150 / 1.6 = about 39."""
+    chart = Chart(gender="female", birth_date=born(12))
+    chart.calcinosis()
+    chart.lab("17861-6", 9.6, "mg/dL", DRAWN_DAYS_AGO, low=8.8, high=10.8)
+    chart.lab("1751-7", 4.2, "g/dL", DRAWN_DAYS_AGO)
+    chart.lab("2777-1", 7.9, "mg/dL", DRAWN_DAYS_AGO, low=3.7, high=5.6)
+    chart.lab("2160-0", 1.6, "mg/dL", DRAWN_DAYS_AGO)
+    if height_cm is not None:
+        chart.lab("8302-2", height_cm, "cm", 40)
+    return chart
+
+
+def test_a_child_estimate_names_bedside_schwartz_and_the_height() -> None:
+    summary, detail = subtype_card(child_chart(150).assess())
+    assert "estimated eGFR 39" in summary and "CKD" not in summary
+    assert (
+        "eGFR 39 mL/min/1.73 m² (estimated from creatinine 1.6 mg/dL and height 150 cm, bedside Schwartz 2009)"
+        in detail
+    )
+    assert "CKD-EPI" not in detail
+    assert len(first_screen_evidence(detail)) <= 3
+
+
+def test_a_child_without_a_height_gets_no_estimate_and_no_equation() -> None:
+    summary, detail = subtype_card(child_chart(None).assess())
+    assert "eGFR" not in summary and "estimated from" not in detail
+
+
+def test_a_reported_egfr_is_not_labelled_as_estimated() -> None:
+    summary, detail = subtype_card(malignancy_chart(None).assess())
+    assert "with eGFR 52" in summary and "estimated" not in summary
+    assert "eGFR 52 mL/min/1.73 m², " in detail
+    assert "estimated from" not in detail and "CKD-EPI" not in detail
+    # Three evidence lines already (calcium, cause, ...): the first screen stays within 11.4.
+    assert len(first_screen_evidence(detail)) <= 3
