@@ -197,7 +197,7 @@ def _hftc(ctx: PatientContext) -> tuple[list[RuleFinding], list[RuleFinding]]:
         RuleFinding(
             "DX-HFTC-P",
             f"High phosphate {phosphate.value:.1f} mg/dL with normal calcium and no advanced kidney disease",
-            (lab_evidence(phosphate.lab), lab_evidence(calcium.calcium)),
+            (lab_evidence(phosphate.lab), lab_evidence(calcium.calcium)) + ctx.kidney.reading_evidence(),
             sources,
         )
     ], []

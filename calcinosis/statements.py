@@ -851,13 +851,20 @@ def differentials_statement(assessment: Assessment) -> tuple[Statement | None, t
             + ", ".join(d.label.split(" (")[0].lower() for d in shown)
             + ")"
         )
+    further = lines[3:]
+    ckd = assessment.derived_value("ckd-stage")
+    rests_on_estimate = any(e.kind == "creatinine" for d in raised for f in d.raised_by for e in f.evidence)
+    kidney = kidney_line(assessment) if rests_on_estimate and ckd is not None and _estimated(ckd) else None
+    if kidney is not None:
+        # "No advanced kidney disease" from an estimated eGFR: say which equation (2.3a).
+        further.insert(0, f"Kidney function: {kidney}.")
     statement = Statement(
         topic="differentials",
         indicator="info",
         summary=shorten(summary),
         headline="Raised by this record" if raised else "Worth excluding while the subtype is unclassified",
         evidence=tuple(lines[:3]),
-        further=tuple(lines[3:]),
+        further=tuple(further),
         sources=tuple(dict.fromkeys(s for d in shown for s in d.sources)),
     )
     return statement, shown

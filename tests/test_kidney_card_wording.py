@@ -166,3 +166,27 @@ def test_a_reported_egfr_is_not_labelled_as_estimated() -> None:
     assert "estimated from" not in detail and "CKD-EPI" not in detail
     # Three evidence lines already (calcium, cause, ...): the first screen stays within 11.4.
     assert len(first_screen_evidence(detail)) <= 3
+
+
+def differentials_detail(assessment: Assessment | None) -> str:
+    assert assessment is not None
+    cards = render_cards(assessment, KB, uuid.UUID(int=6), "pat-1")
+    card = next(c for c in cards if c.source.topic is not None and c.source.topic.code == "differentials")
+    return card.detail or ""
+
+
+@pytest.mark.parametrize("reported_egfr", [None, 110])
+def test_no_advanced_kidney_disease_says_which_equation_when_estimated(reported_egfr: float | None) -> None:
+    # Issue 12 item 1: a 17-year-old, phosphate 7.1 mg/dL, normal calcium, creatinine 0.7 mg/dL and a
+    # height of 165 cm: hyperphosphatemic tumoral calcinosis is raised on an estimated eGFR of 97.
+    chart = Chart(gender="male", birth_date=born(17))
+    chart.calcinosis(body_sites=["Right hip"])
+    chart.mineral_panel(9.6, 4.4, 7.1, days_ago=DRAWN_DAYS_AGO, egfr=reported_egfr)
+    chart.lab("2160-0", 0.7, "mg/dL", DRAWN_DAYS_AGO)
+    chart.lab("8302-2", 165, "cm", 30)
+    detail = differentials_detail(chart.assess())
+    assert "Hyperphosphatemic familial tumoral calcinosis: raised by" in detail
+    estimate = "eGFR 97 mL/min/1.73 m² (estimated from creatinine 0.7 mg/dL and height 165 cm, bedside Schwartz 2009)"
+    assert (estimate in detail) is (reported_egfr is None)
+    if reported_egfr is not None:
+        assert "estimated from" not in detail
