@@ -28,8 +28,8 @@ def test_generate_py_rewrites_the_committed_patient_files_byte_for_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = generator()
-    if not Path(module.SYNTHEA).is_dir():
-        pytest.skip("the shared Synthea charts the generator copies are not next to the repository")
+    # The suite needs ../shared (README, "What the tests need"): a missing folder fails, never skips.
+    assert Path(module.SYNTHEA).is_dir(), "the shared Synthea charts the generator copies are not next to the repository"
     monkeypatch.setattr(module, "HERE", tmp_path)
     module.main()
     committed = {path.name for path in PATIENTS.glob("*.json")}
