@@ -39,7 +39,7 @@ import orjson  # noqa: E402
 from bench import sandbox as fhir_sandbox  # noqa: E402
 from bench.app import FLOOR_PATH, ORDER_SIGN_PATH, SERVICE_PATH, build_app  # noqa: E402
 from bench.rawhttp import Bodies, Connection, closed_loop, free_port, wait_until_up  # noqa: E402
-from bench.workloads import HOOK_INSTANCE_PLACEHOLDER, Chart, charts, describe  # noqa: E402
+from bench.workloads import HOOK_INSTANCE_PLACEHOLDER, Chart, charts, describe, long_dialysis  # noqa: E402
 from hooks.wire import decode_hook_request  # noqa: E402
 
 HEADERS = {"Content-Type": "application/json"}
@@ -66,10 +66,13 @@ class Plan:
     soak_requests: int
     soak_cap: float
     sandbox_runs: int
+    dialysis_runs: int
 
 
-FULL = Plan("full", {"typical": 200, "heavy": 40}, 60.0, 3, 3000, 8.0, 1000, 270.0, 10)
-QUICK = Plan("quick", {"typical": 40, "heavy": 8}, 15.0, 2, 500, 4.0, 150, 60.0, 3)
+FULL = Plan("full", {"typical": 200, "heavy": 40}, 60.0, 3, 3000, 8.0, 1000, 270.0, 10, 5)
+QUICK = Plan("quick", {"typical": 40, "heavy": 8}, 15.0, 2, 500, 4.0, 150, 60.0, 3, 2)
+TYPICAL_PAGE_SIZE = 100
+"""`fhir_page_size` for the typical chart without prefetch (its Observations then come in pages)."""
 
 
 # ----- statistics -------------------------------------------------------------------------------
@@ -385,6 +388,7 @@ def report(
     decoding: dict[str, tuple[float, float]],
     http: dict[str, HttpResult],
     sandbox: dict[str, Any] | str,
+    dialysis: dict[str, Any] | str,
     elapsed: float,
     load_after: str,
 ) -> str:
@@ -468,26 +472,36 @@ def report(
         lines.append(f"Skipped: {sandbox}")
     else:
         sandbox_ratio = sandbox["ratio"]
-        singles = ", ".join(
-            f"{k} {_fmt(v)} ({sandbox['pages'][k]} page{'s' if sandbox['pages'][k] > 1 else ''})"
-            for k, v in sandbox["singles_ms"].items()
-        )
         lines += [
-            f"`fhir_page_size=100`, {sandbox['runs']} calls after a warm-up; {sandbox['fhir_requests']} FHIR requests "
-            f"per call; cards {'identical to' if sandbox['same_cards'] else '**different from**'} the prefetch call.",
+            f"`fhir_page_size={sandbox['page_size']}`, {sandbox['runs']} calls after a warm-up; "
+            f"{sandbox['fhir_requests']} FHIR requests per call; cards "
+            f"{'identical to' if sandbox['same_cards'] else '**different from**'} the prefetch call.",
             "",
-            "| total median | total p99 | slowest query alone | total / slowest | sum of queries alone |",
-            "|---|---|---|---|---|",
-            f"| {_fmt(sandbox['total_ms'])} ms | {_fmt(sandbox['total_p99_ms'])} ms | {sandbox['slowest']} "
-            f"{_fmt(sandbox['slowest_ms'])} ms | {_fmt(sandbox_ratio, 2)}x | {_fmt(sandbox['sum_singles_ms'])} ms |",
-            "",
-            f"Each query alone (median ms): {singles}.",
+            *_no_prefetch_table(sandbox),
             "",
             f"Total minus the typical in-process service median ({_fmt(median_ms(inproc['typical'].service))} ms, "
             f"the assessment with prefetch) leaves {_fmt(sandbox['total_ms'] - median_ms(inproc['typical'].service))} ms "
             f"for fetching, against {_fmt(sandbox['slowest_ms'])} ms for the slowest query alone.",
         ]
-    typical_in, heavy_in = inproc["typical"], inproc["heavy"]
+    lines += ["", "## No prefetch: the 20-year dialysis chart, service defaults", ""]
+    dialysis_ok: bool | None = None
+    if isinstance(dialysis, str):
+        lines.append(f"Skipped: {dialysis}")
+    else:
+        dialysis_ok = dialysis["first_call_status"] == 200 and dialysis["same_cards"]
+        lines += [
+            f"`workloads.long_dialysis`: {dialysis['observations']:,} relevant Observations over 20 years, loaded "
+            f"into a fresh sandbox ({_fmt(dialysis['load_seconds'])} s). The service runs with its default "
+            f"settings (deadline {_fmt(dialysis['deadline_s'])} s, `fhir_page_size={dialysis['page_size']}`, "
+            f"page cap {dialysis['page_cap']}). The first call after loading (the sandbox has not searched the "
+            f"chart yet) answered **{dialysis['first_call_status']}** in {_fmt(dialysis['first_call_ms'], 0)} ms; "
+            f"then {dialysis['runs']} calls: {dialysis['fhir_requests']} FHIR requests per call, cards "
+            f"{'identical to' if dialysis['same_cards'] else '**different from**'} the prefetch call "
+            f"(12,000 Observations sent in the request).",
+            "",
+            *_no_prefetch_table(dialysis),
+        ]
+        typical_in, heavy_in = inproc["typical"], inproc["heavy"]
     soak_done = heavy.soak_served >= 1000
     lines += [
         "",
@@ -508,9 +522,60 @@ def report(
         f"| no prefetch: total within 1.5x of the slowest query | "
         f"{_fmt(sandbox_ratio, 2) + 'x' if sandbox_ratio is not None else 'skipped'} | "
         f"{_verdict(sandbox_ratio <= 1.5 if sandbox_ratio is not None else None)} |",
+        f"| no prefetch: the 20-year chart's first call answered within the default deadline, same cards | "
+        f"{_dialysis_measured(dialysis)} | {_verdict(dialysis_ok)} |",
         "",
     ]
     return "\n".join(lines)
+
+
+def _dialysis_measured(dialysis: dict[str, Any] | str) -> str:
+    if isinstance(dialysis, str):
+        return "skipped"
+    return f"{dialysis['first_call_status']} in {_fmt(dialysis['first_call_ms'], 0)} ms"
+
+
+def _no_prefetch_table(measured: dict[str, Any]) -> list[str]:
+    """Latency against the queries alone, and CPU per call against the prefetch call."""
+    singles = ", ".join(
+        f"{k} {_fmt(v)} ({measured['pages'][k]} page{'s' if measured['pages'][k] != 1 else ''})"
+        for k, v in measured["singles_ms"].items()
+    )
+    return [
+        "| total median | total p99 | slowest query alone | total / slowest | sum of queries alone | total / sum |",
+        "|---|---|---|---|---|---|",
+        f"| {_fmt(measured['total_ms'])} ms | {_fmt(measured['total_p99_ms'])} ms | {measured['slowest']} "
+        f"{_fmt(measured['slowest_ms'])} ms | {_fmt(measured['ratio'], 2)}x | {_fmt(measured['sum_singles_ms'])} ms | "
+        f"{_fmt(measured['ratio_to_sum'], 2)}x |",
+        "",
+        f"Each query alone (median ms): {singles}.",
+        "",
+        f"CPU time of the service process per call (`time.process_time`, median; calls without and with prefetch "
+        f"alternating): **{_fmt(measured['cpu_fetch_ms'])} ms without prefetch, "
+        f"{_fmt(measured['cpu_prefetch_ms'])} ms with the same chart as prefetch**.",
+    ]
+
+
+# ----- no prefetch (the local FHIR sandbox) -------------------------------------------------------
+
+
+def _no_prefetch(chart: Chart, runs: int, **settings: Any) -> dict[str, Any] | str:
+    """`bench.sandbox` on one chart (the service's default settings unless given), or why not."""
+    try:
+        measured = fhir_sandbox.run(chart, runs, 240.0, **settings)
+    except fhir_sandbox.SandboxUnavailableError as error:
+        print(f"the FHIR sandbox was not usable: {error}", file=sys.stderr)
+        return f"the FHIR sandbox was not usable: {error}"
+    return {
+        **fhir_sandbox.summary(measured),
+        "total_p99_ms": p99_ms(measured.total),
+        "pages": measured.pages,
+        "runs": len(measured.total),
+        "fhir_requests": measured.fhir_requests,
+        "same_cards": measured.same_cards_as_prefetch,
+        "observations": len(chart.of_type("Observation")),
+        "load_seconds": measured.load_seconds,
+    }
 
 
 # ----- main -------------------------------------------------------------------------------------
@@ -561,28 +626,17 @@ def main(argv: list[str] | None = None) -> int:
         http[name] = _http(name, bodies[name], plan)
 
     sandbox: dict[str, Any] | str
+    dialysis: dict[str, Any] | str
     if args.no_sandbox:
-        sandbox = "disabled with --no-sandbox"
+        sandbox = dialysis = "disabled with --no-sandbox"
     else:
-        phase("FHIR sandbox (no prefetch)")
-        try:
-            typical = charts()["typical"]  # the same chart again (same seed, same day)
-            measured = fhir_sandbox.run(typical, plan.sandbox_runs, 240.0, inproc["typical"].summaries)
-            del typical
-            sandbox = {
-                **fhir_sandbox.summary(measured),
-                "total_p99_ms": p99_ms(measured.total),
-                "pages": measured.pages,
-                "runs": len(measured.total),
-                "fhir_requests": measured.fhir_requests,
-                "same_cards": measured.same_cards_as_prefetch,
-            }
-        except fhir_sandbox.SandboxUnavailableError as error:
-            sandbox = f"the FHIR sandbox was not usable: {error}"
-            phase(sandbox)
+        phase("FHIR sandbox (no prefetch): typical")
+        sandbox = _no_prefetch(charts()["typical"], plan.sandbox_runs, fhir_page_size=TYPICAL_PAGE_SIZE)
+        phase("FHIR sandbox (no prefetch): 20-year dialysis chart")
+        dialysis = _no_prefetch(long_dialysis(), plan.dialysis_runs)
 
     load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    text = report(plan, info, sizes, inproc, decoding, http, sandbox, time.monotonic() - started, load_after)
+    text = report(plan, info, sizes, inproc, decoding, http, sandbox, dialysis, time.monotonic() - started, load_after)
     print(text)
     Path(args.output).write_text(text, encoding="utf-8")
     phase(f"wrote {args.output}")

@@ -2,12 +2,17 @@
 
 The sandbox (deploy/fhir-sandbox) is started on 127.0.0.1 with `--port 0`, the chart is loaded as
 a transaction Bundle of PUT entries (ids kept), and the service is called in-process with no
-prefetch and `fhirServer` pointing at the sandbox, with `fhir_page_size=100` (the
-CALCINOSIS_FHIR_PAGE_SIZE setting). Its total latency is compared with each query the service
-sends timed alone through the service's own FHIR client (same `_count`, same paging; for the
-Observations, each date-cut search of `hooks.prefetch.LabWindow`), because the service runs the
-queries concurrently: ideally the total is the slowest query plus the assessment, far below their
-sum.
+prefetch and `fhirServer` pointing at the sandbox (`fhir_page_size` as given, else the service's
+default). Its total latency is compared with each query the service sends timed alone through the
+service's own FHIR client (same `_count`, same paging; for the Observations, each date-cut search
+of `hooks.prefetch.LabWindow`), because the service runs the queries concurrently: ideally the
+total is the slowest query plus the assessment, far below their sum.
+
+The first call after loading is timed apart (the sandbox has not searched the chart yet and the
+service's HTTP client has no connection): it is the warm-up, and its answer must already be a 200
+within the service's deadline. Then calls without and with prefetch alternate, and the process
+CPU time of each is recorded (`time.process_time`: this process only, all its threads, so the
+sandbox's work is not counted): what fetching costs the service itself, against reading prefetch.
 
     python -m bench.sandbox --chart dialysis20 --runs 5   # the 20-year dialysis chart alone
 """
@@ -37,7 +42,6 @@ from hooks.outbound import OutboundPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 SANDBOX_START = REPO / "deploy" / "fhir-sandbox" / "start"
-PAGE_SIZE = 100
 
 
 class SandboxUnavailableError(Exception):
@@ -57,6 +61,17 @@ class SandboxResult:
     cards: int = 0
     same_cards_as_prefetch: bool = False
     load_seconds: float = 0.0
+    first_call: float = 0.0
+    """Seconds of the first call after loading (the warm-up)."""
+    first_status: int = 0
+    cpu_fetch: list[float] = field(default_factory=list)
+    """Process CPU seconds of each call without prefetch (after the warm-up)."""
+    cpu_prefetch: list[float] = field(default_factory=list)
+    """Process CPU seconds of each call with the same chart as prefetch, alternating with those."""
+    page_size: int = 0
+    page_cap: int = 0
+    deadline: float = 0.0
+    """The service's settings in force: `fhir_page_size`, `fhir_page_cap`, `fetch_deadline_seconds`."""
 
 
 class Sandbox:
@@ -141,29 +156,46 @@ def load_chart(base: str, chart: Chart) -> float:
     return time.perf_counter() - started
 
 
-async def _measure(base: str, chart: Chart, runs: int, prefetch_cards: list[str], **settings: Any) -> SandboxResult:
+async def _call(client: httpx.AsyncClient, body: bytes) -> tuple[float, float, httpx.Response]:
+    """One hook call: wall seconds, process CPU seconds, the answer."""
+    started, cpu = time.perf_counter(), time.process_time()
+    response = await client.post(SERVICE_PATH, content=body, headers={"Content-Type": "application/json"})
+    return time.perf_counter() - started, time.process_time() - cpu, response
+
+
+def _summaries(response: httpx.Response) -> list[str]:
+    if response.status_code != 200:
+        raise SandboxUnavailableError(f"service answered {response.status_code}: {response.text[:300]}")
+    return [str(card["summary"]) for card in response.json()["cards"]]
+
+
+async def _measure(base: str, chart: Chart, runs: int, **settings: Any) -> SandboxResult:
     result = SandboxResult(base=base)
-    app = build_app(fhir_page_size=PAGE_SIZE, **settings)
+    app = build_app(**settings)
     service = app.state.service
-    bodies = Bodies(chart.request_bytes(prefetch=False, fhir_server=base), HOOK_INSTANCE_PLACEHOLDER)
+    page_size: int = service.settings.fhir_page_size
+    result.page_size, result.page_cap = page_size, service.settings.fhir_page_cap
+    result.deadline = service.settings.fetch_deadline_seconds
+    fetching = Bodies(chart.request_bytes(prefetch=False, fhir_server=base), HOOK_INSTANCE_PLACEHOLDER)
+    prefetched = Bodies(chart.request_bytes(), HOOK_INSTANCE_PLACEHOLDER)
     async with app.router.lifespan_context(app):
         http: httpx.AsyncClient = app.state.http
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-            headers = {"Content-Type": "application/json"}
-            for i in range(runs + 1):  # the first is a warm-up
-                body = bodies()
-                started = time.perf_counter()
-                response = await client.post(SERVICE_PATH, content=body, headers=headers)
-                took = time.perf_counter() - started
-                if response.status_code != 200:
-                    raise SandboxUnavailableError(f"service answered {response.status_code}: {response.text[:300]}")
-                cards = response.json()["cards"]
-                if i == 0:
-                    result.cards = len(cards)
-                    result.same_cards_as_prefetch = [c["summary"] for c in cards] == prefetch_cards
-                else:
-                    result.total.append(took)
+            # The warm-up: the first call after loading, timed apart.
+            result.first_call, _, first = await _call(client, fetching())
+            result.first_status = first.status_code
+            same = True
+            for _ in range(runs):
+                took, cpu, response = await _call(client, fetching())
+                fetched_cards = _summaries(response)
+                result.total.append(took)
+                result.cpu_fetch.append(cpu)
+                _, cpu, response = await _call(client, prefetched())
+                result.cpu_prefetch.append(cpu)
+                same = same and fetched_cards == _summaries(response)
+                result.cards = len(fetched_cards)
+            result.same_cards_as_prefetch = same and runs > 0
         # Each query the service sends, alone, through the service's own client and page size.
         scope = OutboundPolicy.only(base).scope(base)
         assert scope is not None
@@ -183,12 +215,12 @@ async def _measure(base: str, chart: Chart, runs: int, prefetch_cards: list[str]
                     found_all = await asyncio.gather(*(fhir.search(q, first_page_only=True) for q in newest))
                     pages, count = len(newest), sum(len(r.resources) for r in found_all)
                 else:
-                    search = await fhir.search(query, PAGE_SIZE, first_page_only=kind == "newest")
+                    search = await fhir.search(query, page_size, first_page_only=kind == "newest")
                     pages, count = search.pages, len(search.resources)
                     if kind == "newest":
                         missing = service.window.not_shown(search.resources)
                 timings.append(time.perf_counter() - started)
-            result.singles[label] = timings[1:]
+            result.singles[label] = timings[1:]  # the first is a warm-up
             result.pages[label] = pages
             result.resources[label] = count
     result.fhir_requests = sum(result.pages.values())
@@ -215,19 +247,19 @@ def service_queries(service: Any, patient_id: str) -> list[tuple[str, str, str]]
     return queries
 
 
-def run(chart: Chart, runs: int, start_timeout: float, prefetch_cards: list[str], **settings: Any) -> SandboxResult:
+def run(chart: Chart, runs: int, start_timeout: float, **settings: Any) -> SandboxResult:
     """Start the sandbox, load the chart, measure; the sandbox is always stopped. `settings`
-    override the service's (the 20-year chart needs a longer deadline against this sandbox, whose
-    in-memory search engine takes seconds per date-cut search over 12,000 Observations)."""
+    override the service's (its defaults otherwise, deadline included)."""
     with Sandbox(start_timeout) as sandbox:
         seconds = load_chart(sandbox.base, chart)
-        result = asyncio.run(_measure(sandbox.base, chart, runs, prefetch_cards, **settings))
+        result = asyncio.run(_measure(sandbox.base, chart, runs, **settings))
         result.load_seconds = seconds
         return result
 
 
 def summary(result: SandboxResult) -> dict[str, Any]:
-    """Medians in ms, the slowest single query and the ratio total / slowest."""
+    """Medians in ms, the slowest single query, the ratios of the total to it and to the sum of
+    the queries, the first call, and the CPU per call without and with prefetch."""
     singles = {k: statistics.median(v) * 1000 for k, v in result.singles.items()}
     slowest = max(singles, key=lambda k: singles[k])
     total = statistics.median(result.total) * 1000
@@ -239,6 +271,13 @@ def summary(result: SandboxResult) -> dict[str, Any]:
         "sum_singles_ms": sum(singles.values()),
         "ratio": total / singles[slowest],
         "ratio_to_sum": total / sum(singles.values()),
+        "first_call_ms": result.first_call * 1000,
+        "first_call_status": result.first_status,
+        "cpu_fetch_ms": statistics.median(result.cpu_fetch) * 1000,
+        "cpu_prefetch_ms": statistics.median(result.cpu_prefetch) * 1000,
+        "page_size": result.page_size,
+        "page_cap": result.page_cap,
+        "deadline_s": result.deadline,
     }
 
 
@@ -252,28 +291,17 @@ def main() -> None:
     parser.add_argument("--chart", choices=("typical", "heavy", "dialysis20"), default="dialysis20")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
-        "--deadline", type=float, default=60.0, help="fetch deadline and request timeout for the service, seconds"
+        "--deadline", type=float, help="fetch deadline and request timeout for the service, seconds (default: its own)"
     )
+    parser.add_argument("--page-size", type=int, help="the service's fhir_page_size (default: its own)")
     args = parser.parse_args()
     chart = long_dialysis() if args.chart == "dialysis20" else charts()[args.chart]
-    app = build_app()
-
-    async def with_prefetch() -> list[str]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-            body = Bodies(chart.request_bytes(), HOOK_INSTANCE_PLACEHOLDER)()
-            response = await client.post(SERVICE_PATH, content=body, headers={"Content-Type": "application/json"})
-            return [c["summary"] for c in response.json()["cards"]]
-
-    parser_deadline = args.deadline
-    result = run(
-        chart,
-        args.runs,
-        240.0,
-        asyncio.run(with_prefetch()),
-        fetch_deadline_seconds=parser_deadline,
-        fhir_request_timeout_seconds=parser_deadline,
-    )
+    settings: dict[str, Any] = {}
+    if args.deadline is not None:
+        settings.update(fetch_deadline_seconds=args.deadline, fhir_request_timeout_seconds=args.deadline)
+    if args.page_size is not None:
+        settings.update(fhir_page_size=args.page_size)
+    result = run(chart, args.runs, 240.0, **settings)
     report = summary(result)
     report.update(
         chart=args.chart,

@@ -11,13 +11,15 @@
 // Here the same search gives the same Bundle (same matches, same order, same total):
 // - what a search parameter finds in a resource (its references, tokens or dates: the engine's
 //   own FHIRPath expression and conversion functions) is computed once per resource version and
-//   kept beside it (a write stores a new object, so nothing outlives the version it came from);
+//   kept beside it (a write stores a new object, so nothing outlives the version it came from),
+//   on write for the parameters searches have used, else on the first search;
 // - reference, token and date filters are decided on those values by the engine's rules for them
 //   (match.ts of @medplum/core 5.2.13: `matchesReferenceFilter`, `matchesTokenFilter`,
 //   `matchesDateFilter`, written out below); every other filter, and those with `:missing` or an
 //   empty reference, goes to the engine's `matchesSearchRequest`;
-// - a reference filter (`patient=`, `subject=`) takes its candidates from an index kept up to date
-//   on every write, keyed by the id part of each reference;
+// - reference and token filters (`patient=`, `code=`) take their candidates from indexes kept up
+//   to date on every write, keyed by the id part of each reference and by each token's code and
+//   system;
 // - a token filter looks up its values by the resource's codes instead of trying each of them;
 // - sort keys are computed once per resource, with the engine's expression and comparison;
 // - the ordered matches of a search are kept until the next write of that type, so the next page
@@ -73,6 +75,10 @@ const CONVERT = {
   sort: (resource, expression) => JSON.stringify(evalFhirPath(atom(expression), resource)),
 };
 const derivedValues = new Map(); // kind + expression -> WeakMap(resource -> value)
+// Per resource type, the (kind, expression) pairs searches have used: computed again as soon as a
+// resource of that type is written, as a database updates its indexes on write, so that the first
+// search after loading a large chart does not compute them all at once.
+const searchedValues = new Map(); // resource type -> Map(kind + expression -> [kind, expression])
 function derived(kind, expression, resource) {
   const key = `${kind} ${expression}`;
   let byResource = derivedValues.get(key);
@@ -87,6 +93,15 @@ function derived(kind, expression, resource) {
   }
   return value;
 }
+function searched(resourceType, kind, expression) {
+  let pairs = searchedValues.get(resourceType);
+  if (!pairs) {
+    pairs = new Map();
+    searchedValues.set(resourceType, pairs);
+  }
+  const key = `${kind} ${expression}`;
+  if (!pairs.has(key)) pairs.set(key, [kind, expression]);
+}
 
 // The part of a reference string after its last '/': equal for a reference and any filter value
 // the engine accepts for it (`Patient/1` equals `Patient/1`; `1` matches whatever ends in `/1`).
@@ -98,7 +113,7 @@ export class IndexedMemoryRepository extends MemoryRepository {
     super();
     this.plain = plain;
     this.generations = new Map(); // resource type -> write counter
-    this.referenceIndexes = new Map(); // resource type -> Map(param code -> ReferenceIndex)
+    this.indexes = new Map(); // resource type -> Map(param code -> KeyIndex)
     this.searches = new Map(); // cache key -> { generation, matches }, least recently used first
   }
 
@@ -123,14 +138,24 @@ export class IndexedMemoryRepository extends MemoryRepository {
   clear() {
     super.clear();
     this.generations.clear();
-    this.referenceIndexes.clear();
+    this.indexes.clear();
     this.searches.clear();
   }
 
   touched(resourceType, ids) {
     this.generations.set(resourceType, (this.generations.get(resourceType) ?? 0) + 1);
     const stored = this.resources.get(resourceType);
-    for (const index of this.referenceIndexes.get(resourceType)?.values() ?? EMPTY) {
+    for (const [kind, expression] of searchedValues.get(resourceType)?.values() ?? EMPTY) {
+      for (const id of ids) {
+        const resource = stored?.get(id);
+        try {
+          if (resource) derived(kind, expression, resource);
+        } catch {
+          // Content the expression cannot read: the write stands; a search will meet the error.
+        }
+      }
+    }
+    for (const index of this.indexes.get(resourceType)?.values() ?? EMPTY) {
       for (const id of ids) {
         index.remove(id);
         const resource = stored?.get(id);
@@ -195,40 +220,48 @@ export class IndexedMemoryRepository extends MemoryRepository {
       .map((t) => t.test);
     const matches = [];
     for (const resource of this.resources.get(resourceType)?.values() ?? EMPTY) {
-      if (candidates && !candidates.has(resource.id)) continue;
+      if (!candidates.every((ids) => ids.has(resource.id))) continue;
       if (resource.resourceType !== resourceType) continue;
       if (tests.every((test) => test(resource))) matches.push(resource);
     }
-    return sortLikeTheEngine(matches, params, searchRequest.sortRules ?? EMPTY);
+    return sortLikeTheEngine(matches, resourceType, params, searchRequest.sortRules ?? EMPTY);
   }
 
-  // Ids a reference filter can match (the smallest such set), or undefined to scan the type.
+  // For each reference or token filter that has an index, the ids it can match (a superset: the
+  // filter itself still decides); none means every resource of the type is looked at.
   candidates(resourceType, params, filters) {
-    let best;
+    const sets = [];
     for (const filter of filters) {
       const param = params[filter.code];
-      // An empty value matches resources without the reference: no index for that.
-      if (param?.type !== 'reference' || filter.operator !== Operator.EQUALS || !filter.value) continue;
-      if (!param.expression) continue;
-      const index = this.referenceIndex(resourceType, filter.code, param.expression);
-      const ids = new Set();
-      for (const value of splitSearchOnComma(filter.value)) {
-        for (const id of index.idsByKey.get(idPart(value)) ?? EMPTY) ids.add(id);
+      // Negated, `:missing`, or an empty reference (it matches resources without one): no index.
+      if (filter.operator !== Operator.EQUALS || !filter.value || !param?.expression) continue;
+      let keys;
+      if (param.type === 'reference') {
+        keys = splitSearchOnComma(filter.value).map(idPart);
+      } else if (param.type === 'token') {
+        keys = splitSearchOnComma(filter.value).map(tokenKey).filter((key) => key !== undefined);
+      } else {
+        continue;
       }
-      if (!best || ids.size < best.size) best = ids;
+      const index = this.index(resourceType, param.type, filter.code, param.expression);
+      const ids = new Set();
+      for (const key of keys) {
+        for (const id of index.idsByKey.get(key) ?? EMPTY) ids.add(id);
+      }
+      sets.push(ids);
     }
-    return best;
+    return sets.sort((a, b) => a.size - b.size);
   }
 
-  referenceIndex(resourceType, code, expression) {
-    let byCode = this.referenceIndexes.get(resourceType);
+  index(resourceType, type, code, expression) {
+    let byCode = this.indexes.get(resourceType);
     if (!byCode) {
       byCode = new Map();
-      this.referenceIndexes.set(resourceType, byCode);
+      this.indexes.set(resourceType, byCode);
     }
     let index = byCode.get(code);
     if (!index) {
-      index = new ReferenceIndex(expression);
+      index = new KeyIndex(type === 'reference' ? referenceKeys(expression) : tokenKeys(expression));
       for (const resource of this.resources.get(resourceType)?.values() ?? EMPTY) index.add(resource);
       byCode.set(code, index);
     }
@@ -236,16 +269,28 @@ export class IndexedMemoryRepository extends MemoryRepository {
   }
 }
 
-// Id part of each reference a search parameter finds in a resource -> ids of those resources.
-class ReferenceIndex {
-  constructor(expression) {
-    this.expression = expression;
+// Index keys: for a reference, its id part; for a token, its code (`v:`) and its system (`s:`),
+// in lower case. A filter value is looked up by the one key every token it accepts has.
+const referenceKeys = (expression) => (resource) => derived('references', expression, resource).map(idPart);
+const tokenKeys = (expression) => (resource) =>
+  derived('tokens', expression, resource).flatMap((token) => [`v:${token.lowerValue}`, `s:${token.lowerSystem}`]);
+function tokenKey(value) {
+  if (!value.includes('|')) return `v:${value.toLowerCase()}`;
+  const [system, code] = value.split('|').map((s) => s.toLowerCase());
+  if (code) return `v:${code}`; // `sys|code`, `|code`
+  return system ? `s:${system}` : undefined; // `sys|`; `|` matches nothing
+}
+
+// Index keys of each resource of a type -> ids of those resources, kept up to date on writes.
+class KeyIndex {
+  constructor(keysOf) {
+    this.keysOf = keysOf;
     this.idsByKey = new Map();
     this.keysById = new Map();
   }
 
   add(resource) {
-    const keys = new Set(derived('references', this.expression, resource).map(idPart));
+    const keys = new Set(this.keysOf(resource));
     this.keysById.set(resource.id, keys);
     for (const key of keys) {
       let ids = this.idsByKey.get(key);
@@ -275,6 +320,7 @@ function filterTest(resourceType, params, filter) {
   const { expression } = param;
   const values = splitSearchOnComma(filter.value);
   const negated = isNegated(operator);
+  if (['reference', 'token', 'date'].includes(param.type)) searched(resourceType, `${param.type}s`, expression);
   switch (param.type) {
     case 'reference': {
       if (filter.value === '') return engine(); // decided on the typed values, not the references
@@ -371,11 +417,12 @@ function matchesDate(resourceValue, operator, filterPeriod) {
 // The engine sorts by each rule in turn (a stable sort each time), comparing
 // JSON.stringify(evalFhirPath(expression, resource)) with localeCompare; here each key is
 // computed once per resource version instead of twice per comparison.
-function sortLikeTheEngine(resources, params, sortRules) {
+function sortLikeTheEngine(resources, resourceType, params, sortRules) {
   let sorted = resources;
   for (const rule of sortRules) {
     const expression = params[rule.code]?.expression;
     if (!expression) continue; // the engine's comparator answers 0: order unchanged
+    searched(resourceType, 'sort', expression);
     const direction = rule.descending ? -1 : 1;
     const keyed = sorted.map((resource) => ({ resource, key: derived('sort', expression, resource) }));
     keyed.sort((a, b) => collator.compare(a.key, b.key) * direction);
