@@ -90,19 +90,22 @@ def service_url() -> Iterator[str]:
         "CALCINOSIS_FEEDBACK_DATABASE_URL": "memory://",
         "CALCINOSIS_METRICS_PORT": "0",
     }
+    # stderr goes to a file, never an undrained pipe: the audit trail writes a line per call at
+    # any log level, and once a pipe's 64 KiB filled the service blocked on its next write.
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this block: closed after the session
     process = subprocess.Popen(
         [sys.executable, "-m", "hooks.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=errors,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            assert process.stderr is not None
-            pytest.fail("the service did not start:\n" + process.stderr.read().decode(errors="replace")[-3000:])
+            errors.seek(0)
+            pytest.fail("the service did not start:\n" + errors.read().decode(errors="replace")[-3000:])
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 break
@@ -115,3 +118,4 @@ def service_url() -> Iterator[str]:
         yield url
     finally:
         _stop(process)
+        errors.close()
