@@ -404,10 +404,18 @@ def _kidney(ctx: PatientContext) -> tuple[str | None, str]:
         return "CKD G5D (on dialysis)", "G5"
     stage = kidney.category if kidney.category in ("G3a", "G3b", "G4", "G5") else kidney.coded_stage
     if stage in ("G3a", "G3b", "G3"):
-        return f"CKD {stage}", "G3"
-    if stage in ("G4", "G5"):
-        return f"CKD {stage}", stage
-    return None, "none"
+        band = "G3"
+    elif stage in ("G4", "G5"):
+        band = stage
+    else:
+        return None, "none"
+    # The drug's risk follows today's kidney function, but "CKD" is a diagnosis that needs KDIGO
+    # chronicity (clinical-knowledge.md 2.3): a single low eGFR is stated as the value it is.
+    if kidney.ckd_established:
+        return f"CKD {stage}", band
+    if kidney.egfr_value is not None:
+        return f"eGFR {round(kidney.egfr_value)} ({stage} range)", band
+    return f"Kidney function in the {stage} range", band
 
 
 def _gates(ctx: PatientContext, kb: KnowledgeBase, documented: bool) -> _Gates:

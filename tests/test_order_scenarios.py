@@ -513,7 +513,16 @@ def test_aluminum_hydroxide_in_ckd_g3a_or_worse_is_info(egfr: float, card: bool)
     assert bool(advice) is card
     if card:
         assert (advice[0].rule_id, advice[0].indicator) == ("kidney-aluminum", "info")
-        assert advice[0].summary.startswith("CKD G3a")
+        assert advice[0].summary.startswith("eGFR 50 (G3a range)")
+
+
+@pytest.mark.parametrize(("earlier_days", "words"), [(89, "eGFR 50 (G3a range)"), (91, "CKD G3a")])
+def test_the_order_card_says_ckd_only_with_three_months_of_chronicity(earlier_days: int, words: str) -> None:
+    chart = dystrophic_chart()
+    chart.lab("98979-8", 50, "mL/min/{1.73_m2}", 1)
+    chart.lab("98979-8", 52, "mL/min/{1.73_m2}", 1 + earlier_days)
+    advice = check(chart, medication_order("aluminum hydroxide 320 MG/5ML suspension"))
+    assert advice[0].summary.startswith(words)
 
 
 @pytest.mark.parametrize(("egfr", "card"), [(25, True), (65, False)])
