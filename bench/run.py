@@ -607,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {name: describe(chart) for name, chart in workloads.items()}
     bodies = {name: Bodies(chart.request_bytes(), HOOK_INSTANCE_PLACEHOLDER) for name, chart in workloads.items()}
     bodies[ORDER_SIGN] = Bodies(workloads["heavy"].order_sign_bytes(), HOOK_INSTANCE_PLACEHOLDER)
-    sizes[ORDER_SIGN] = f"the heavy chart's prefetch and ten draft orders; request {len(bodies[ORDER_SIGN]()) / 1e6:.2f} MB"
+    sizes[ORDER_SIGN] = (
+        f"the heavy chart's prefetch and ten draft orders; request {len(bodies[ORDER_SIGN]()) / 1e6:.2f} MB"
+    )
     # Keep only the request bytes: thousands of live chart dicts in this process would make every
     # full garbage collection of the in-process app slower than in a real server.
     del workloads

@@ -29,6 +29,7 @@ from calcinosis.engine import entry_evidence
 from calcinosis.findings import Analyte, DrugClass, LabResult, PatientFindings, ProcedureKind
 from calcinosis.knowledge_base import EVIDENCE_TAGS, KnowledgeBase, KnowledgeBaseError, default_knowledge
 from calcinosis.risk import assess_risk
+from calcinosis.statements import day
 from calcinosis.subtypes import assess_calciphylaxis, assess_iatrogenic
 
 INDICATOR_RANK = {"info": 0, "warning": 1}
@@ -666,9 +667,7 @@ def _repeat(
             continue
         card = knowledge.repeat_card
         shown = last.reported if last.reported else _reported(last)
-        summary = card["summary"].format(
-            test=window.labels[analyte], date=last.effective.date().isoformat(), value=shown
-        )
+        summary = card["summary"].format(test=window.labels[analyte], date=day(last.effective), value=shown)
         evidence = lab_evidence(last)
         return OrderAdvice(
             order=order,
@@ -728,7 +727,7 @@ def _pending_repeat(
         section="15.5",
         kind="repeat-lab",
         indicator="info",
-        summary=str(card["pending_summary"]).format(test=test, date=placed.authored.date().isoformat()),
+        summary=str(card["pending_summary"]).format(test=test, date=day(placed.authored)),
         why=(str(card["pending_why"]), f"Usual interval here: {_interval(interval)} ({window.basis})."),
         alternative=None,
         evidence=(evidence,),

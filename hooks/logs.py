@@ -16,7 +16,7 @@ calls it for its other commands.
 The formats (`CALCINOSIS_LOG_FORMAT`): `JsonFormatter` writes one JSON object per line (what a log
 collector parses without a grok pattern), `TextFormatter` the same content on one line of text;
 both stamp UTC ISO 8601 times (the old formats had local times without a zone), add the request id
-of `hooks.request_context`, write uvicorn's access record as fields, and reduce any traceback
+of `hooks.request_context` (and, in JSON with tracing on, the current trace and span ids), write uvicorn's access record as fields, and reduce any traceback
 themselves, so no handler configuration can let an exception message through. A line's own values
 travel as one `LogFields` argument, readable by any formatter. `server_log_config()` is what
 `serve` hands uvicorn: the same formatter for uvicorn's lines, the access log, the service's lines
@@ -33,7 +33,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 
+from hooks import tracing
 from hooks.request_context import current_request
 
 QUIET_LIBRARIES = ("httpx", "httpcore", "hpack")
@@ -112,7 +114,7 @@ AUDIT_LOGGER = "calcinosis_cds.audit"
 
 ACCESS_LOGGER = "uvicorn.access"
 _QUERY = re.compile(r"\?[^ \"]*")
-_BASE_KEYS = frozenset({"time", "level", "logger", "message", "requestId"})
+_BASE_KEYS = frozenset({"time", "level", "logger", "message", "requestId", "traceId", "spanId"})
 
 
 class LogFields(dict[str, Any]):
@@ -172,6 +174,18 @@ def _access_fields(record: logging.LogRecord) -> dict[str, Any] | None:
     }
 
 
+def trace_fields() -> dict[str, str]:
+    """`traceId` and `spanId` of the current span (hex, as OTLP backends show them), so a log line
+    can be joined with its trace; nothing when tracing is off (hooks/tracing.py), even if the
+    caller sent a `traceparent` or a host process traces with a provider of its own."""
+    if tracing.active() is None:
+        return {}
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"traceId": format(context.trace_id, "032x"), "spanId": format(context.span_id, "016x")}
+
+
 def _exception_text(record: logging.LogRecord) -> str | None:
     # Always the reduced traceback, whatever filters the record passed: the formatter is the
     # last place an exception message could slip out.
@@ -182,7 +196,8 @@ def _exception_text(record: logging.LogRecord) -> str | None:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: `time` (UTC, ISO 8601), `level`, `logger`, `message`,
-    `requestId` while a request is served, the record's fields; the access line as fields
+    `requestId` while a request is served, `traceId` and `spanId` while a span is current and
+    tracing is on, the record's fields; the access line as fields
     (`client`, `method`, `path`, `status`, `durationMs`), the audit line as `auditEvent`, an
     exception as `exception` (types and frames only)."""
 
@@ -195,6 +210,7 @@ class JsonFormatter(logging.Formatter):
         current = current_request()
         if current is not None:
             entry["requestId"] = current.request_id
+        entry.update(trace_fields())
         access = _access_fields(record)
         audit_event = getattr(record, "audit_event", None)
         if access is not None:

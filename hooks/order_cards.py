@@ -12,12 +12,12 @@ binder or an anticoagulant could leave its indication untreated (15.6).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from calcinosis.assessment import Evidence
 from calcinosis.knowledge_base import KnowledgeBase
 from calcinosis.orders import OrderAdvice, OrderCheck, OrderKnowledge
+from calcinosis.statements import day
 from hooks.cards import (
     EXTENSION_KEY,
     OVERRIDE_SYSTEM,
@@ -38,17 +38,13 @@ TOPIC_DISPLAY = {"order-check": "Order check", "repeat-lab": "Repeat laboratory 
 MAX_EVIDENCE_LINES = 3
 
 
-def _date(value: datetime | None) -> str:
-    return value.date().isoformat() if value is not None else "date not recorded"
-
-
 def _evidence_line(evidence: Evidence) -> str:
-    """'Phosphate 2.55 mmol/L, 2026-10-26': the test's short name, the value as the lab reported
-    it, and the date; no record ids, no converted ranges."""
+    """'Phosphate 2.55 mmol/L, 26 Oct 2026': the test's short name, the value as the lab reported
+    it, and the date written as on the patient-view cards; no record ids, no converted ranges."""
     name = (evidence.display or "Record entry").split(" [")[0]
     value = f" {md(evidence.reported)}" if evidence.reported else ""
     flag = ", above the lab's range" if evidence.interpretation == "high" else ""
-    return f"{md(name)}{value}{flag}, {_date(evidence.date)}"
+    return f"{md(name)}{value}{flag}, {day(evidence.date)}"
 
 
 def _links(kb: KnowledgeBase, keys: tuple[str, ...]) -> list[Link] | None:

@@ -98,7 +98,7 @@ def limit_pattern(number: str, unit: str) -> re.Pattern[str]:
     """The number stated as a limit ("above 70") or, for a window or duration, with its unit
     ("90 days"); never part of a longer number or a date."""
     escaped = re.escape(number)
-    alone = r"(?![0-9]|[.,][0-9])"
+    alone = r"(?![0-9]|[.,][0-9]| (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4})"  # not '12 Oct 2026'
     pattern = rf"(?:\b{COMPARISON} \(?{escaped}{alone})"
     if unit in WINDOW_UNITS:
         pattern += rf"|(?:(?<![0-9.,-]){escaped} {WINDOW_UNITS[unit]}\b)"

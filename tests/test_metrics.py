@@ -157,9 +157,12 @@ def test_metrics_have_their_own_port_and_not_the_service_port() -> None:
     env = {"CALCINOSIS_AUTH_DISABLED": "true", "CALCINOSIS_METRICS_PORT": str(port)}
     with service_process(env) as service:
         assert httpx.get(service.url + "/metrics", timeout=10).status_code == 404
-        assert httpx.post(
-            service.url + "/cds-services/calcinosis", json=hook_request(metastatic_chart()), timeout=30
-        ).status_code == 200
+        assert (
+            httpx.post(
+                service.url + "/cds-services/calcinosis", json=hook_request(metastatic_chart()), timeout=30
+            ).status_code
+            == 200
+        )
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
         assert scraped.status_code == 200
         samples = parse(scraped.text)

@@ -17,6 +17,7 @@ from hooks.models import OrderSignContext
 from hooks.order_sign import OrderSignService
 from hooks.service import CalcinosisService
 from hooks.settings import Settings
+from tests.test_order_sign_api import CLINICIAN_DATE, ISO_DATE, clinician_text
 
 PATIENTS = {s.patient_id: s for s in load_scenarios()}
 ORDER_SCENARIOS = load_order_scenarios(patients=list(PATIENTS.values()))
@@ -84,4 +85,9 @@ def test_draft_order_scenario_at_the_anchor(scenario: OrderScenario) -> None:
         uuid.uuid4(),
         datetime.combine(ANCHOR, time(12), tzinfo=UTC),
     )
-    assert card_outcome(response.wire()["cards"]) == list(scenario.expected_cards)
+    cards = response.wire()["cards"]
+    assert card_outcome(cards) == list(scenario.expected_cards)
+    for card in cards:  # dates as on the patient-view cards (11.4), never ISO
+        assert not ISO_DATE.search(clinician_text(card)), clinician_text(card)
+    if scenario.name == "repeat-pth-ssc":
+        assert CLINICIAN_DATE.search(cards[0]["summary"]), cards[0]["summary"]

@@ -5,6 +5,7 @@ makes it apply, and the same order where it must stay silent.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -581,6 +582,13 @@ def dialysis_calcinosis_chart(pth_days_ago: float, pth: float = 420) -> Chart:
     return chart
 
 
+def clinician_day(days_ago: float) -> str:
+    """The date `days_ago` before AS_OF as the patient-view cards write it ('3 Oct 2026',
+    clinical-knowledge.md 11.4), spelled out here so a change of the shared helper shows."""
+    moment = datetime.fromisoformat(when(days_ago))
+    return f"{moment.day} {moment:%b %Y}"
+
+
 PTH_ORDER = lab_order("2731-8", "Parathyrin.intact [Mass/volume] in Serum or Plasma")
 
 
@@ -592,8 +600,7 @@ def test_repeat_pth_within_the_dialysis_window(days_ago: float, card: bool) -> N
     if card:
         item = repeat[0]
         assert item.indicator == "info"
-        date = when(days_ago)[:10]
-        assert item.summary == f"PTH result on file from {date}: 420 pg/mL. Is a repeat needed?"
+        assert item.summary == f"PTH result on file from {clinician_day(days_ago)}: 420 pg/mL. Is a repeat needed?"
         assert item.delete_draft and item.order.reference == "ServiceRequest/draft-lab"
 
 
@@ -691,7 +698,7 @@ def test_a_pending_order_for_the_same_test_counts_as_on_file(status: str, days_a
         item = one(advice)
         assert (item.kind, item.indicator, item.rule_id) == ("repeat-lab", "info", "repeat-pth-pending")
         assert item.summary == (
-            f"PTH already ordered on {when(days_ago)[:10]}, result not yet on file. Is a second order needed?"
+            f"PTH already ordered on {clinician_day(days_ago)}, result not yet on file. Is a second order needed?"
         )
         assert item.delete_draft and item.order.reference == "ServiceRequest/draft-lab"
         assert item.repeat_of is not None and item.repeat_of.reference == f"ServiceRequest/{placed['id']}"

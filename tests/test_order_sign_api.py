@@ -19,13 +19,18 @@ from tests.test_order_scenarios import (
     calciphylaxis_chart,
     dialysis_calcinosis_chart,
     dystrophic_chart,
+    iatrogenic_chart,
     medication_order,
+    metastatic_chart,
 )
 
 ORDER_SIGN = "/cds-services/calcinosis-order-sign"
 INTERNAL = re.compile(
     r"\bGK\b|unconfirmed|design choice|\.json|MedicationRequest/|Observation/|Condition/|calciphylaxis-vitamin"
 )
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+CLINICIAN_DATE = re.compile(r"\b[1-9]\d? (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4}\b")
+"""'3 Oct 2026': how every card, patient-view or order-sign, writes a date (clinical-knowledge.md 11.4)."""
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,8 @@ def test_repeat_pth_offers_to_delete_the_draft(app: Any) -> None:
     response = post(app, ORDER_SIGN, order_sign_request(chart, PTH_ORDER))
     (card,) = cards_of(response)
     assert card["indicator"] == "info"
-    assert re.fullmatch(r"PTH result on file from \d{4}-\d{2}-\d{2}: 420 pg/mL\. Is a repeat needed\?", card["summary"])
+    summary = re.fullmatch(r"PTH result on file from (.+): 420 pg/mL\. Is a repeat needed\?", card["summary"])
+    assert summary is not None and CLINICIAN_DATE.fullmatch(summary.group(1)), card["summary"]
     (suggestion,) = card["suggestions"]
     assert card["selectionBehavior"] == "at-most-one"
     (action,) = suggestion["actions"]
@@ -222,12 +228,54 @@ def test_a_pending_test_order_in_the_prefetch_makes_the_draft_a_repeat(app: Any)
             assert card["summary"].startswith("PTH already ordered on ")
             assert card["suggestions"][0]["actions"][0]["resourceId"] == "ServiceRequest/draft-lab"
             assert "(no result yet)" in card["detail"]
+            assert CLINICIAN_DATE.search(card["summary"]) and not ISO_DATE.search(clinician_text(card))
             assert not INTERNAL.search(clinician_text(card)), clinician_text(card)
     chart = dialysis_calcinosis_chart(400)
     chart.lab_ordered("2731-8", "PTH intact", days_before_now + 10)
     body = order_sign_request(chart, PTH_ORDER)
     del body["prefetch"]["serviceRequests"]
     assert cards_of(post(app, ORDER_SIGN, body)) == []
+
+
+def test_no_order_sign_card_writes_an_iso_date(app: Any) -> None:
+    """Order-sign cards write dates as the patient-view cards do ('3 Oct 2026', 11.4), in the
+    summary (a repeat result, a pending order) and in the evidence lines of the detail; ISO dates
+    stay in the extension. One call per kind of card that shows a date: 15.1 with the evidence of
+    calciphylaxis, 15.2 with the abnormal values, 15.3, a repeat result and a pending order."""
+    days_before_now = (AS_OF - datetime.now(UTC)).total_seconds() / 86400  # the service assesses "now"
+    pending = dialysis_calcinosis_chart(400)
+    pending.lab_ordered("2731-8", "PTH intact", days_before_now + 10)
+    calls = [
+        (calciphylaxis_chart(), (WARFARIN,)),
+        (
+            metastatic_chart(11.2, 7.9),
+            (
+                medication_order("calcitriol 0.25 MCG Oral Capsule", rxnorm="308867"),
+                medication_order("potassium phosphate injection", route="intravenous", order_id="draft-2"),
+            ),
+        ),
+        (iatrogenic_chart(), (medication_order("calcium gluconate 100 MG/ML injection", route="intravenous"),)),
+        (dialysis_calcinosis_chart(20), (PTH_ORDER,)),
+        (pending, (PTH_ORDER,)),
+    ]
+    dated: list[str] = []
+    for chart, orders in calls:
+        cards = cards_of(post(app, ORDER_SIGN, order_sign_request(chart, *orders)))
+        assert len(cards) == len(orders), [c["summary"] for c in cards]
+        for card in cards:
+            text = clinician_text(card)
+            assert not ISO_DATE.search(text), text
+            if CLINICIAN_DATE.search(text):
+                dated.append(card["extension"]["org.calcinosis-cds.order-check"]["rule"])
+            evidence = card["extension"]["org.calcinosis-cds.order-check"].get("evidence", [])
+            assert all(ISO_DATE.match(e["date"]) for e in evidence if e.get("date"))  # machine-readable
+    assert set(dated) >= {
+        "calciphylaxis-vitamin-k-antagonist",
+        "metastatic-vitamin-d",
+        "metastatic-phosphate",
+        "repeat-pth",
+        "repeat-pth-pending",
+    }, dated
 
 
 def test_discovery_lists_both_services(app: Any) -> None:

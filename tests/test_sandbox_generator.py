@@ -29,7 +29,9 @@ def test_generate_py_rewrites_the_committed_patient_files_byte_for_byte(
 ) -> None:
     module = generator()
     # The suite needs ../shared (README, "What the tests need"): a missing folder fails, never skips.
-    assert Path(module.SYNTHEA).is_dir(), "the shared Synthea charts the generator copies are not next to the repository"
+    assert Path(module.SYNTHEA).is_dir(), (
+        "the shared Synthea charts the generator copies are not next to the repository"
+    )
     monkeypatch.setattr(module, "HERE", tmp_path)
     module.main()
     committed = {path.name for path in PATIENTS.glob("*.json")}

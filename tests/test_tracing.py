@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from calcinosis_tools.scenarios import ANCHOR, draft_orders_dir, load_scenarios, shift_dates
 from hooks import tracing
 from hooks.app import create_app
+from hooks.logs import JsonFormatter
 from hooks.settings import Settings
 from tests.charts import ICD10, Chart
 from tests.hookclient import hook_request
@@ -176,6 +178,96 @@ def test_one_trace_per_hook_call_with_a_span_for_each_step(exported: InMemorySpa
     assert sent == {f"00-{TRACE_ID}-{format(s.context.span_id, '016x')}-01" for s in clients}
     # The hookInstance finds the trace from a log line or an audit record.
     assert attributes["calcinosis.hook_instance"]
+
+
+class _JsonLines(logging.Handler):
+    """The service's log lines in the JSON format, formatted as they are written (the trace and
+    request of a line are read while it is logged, as a stream handler would)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.fixture
+def json_log() -> Iterator[_JsonLines]:
+    """The service's lines and the audit trail (its own logger, not propagated when served)."""
+    handler = _JsonLines()
+    service, audit = logging.getLogger("calcinosis_cds"), logging.getLogger("calcinosis_cds.audit")
+    saved = (service.level, audit.level, audit.propagate)
+    for logger in (service, audit):
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    audit.propagate = False
+    try:
+        yield handler
+    finally:
+        for logger in (service, audit):
+            logger.removeHandler(handler)
+        service.setLevel(saved[0])
+        audit.setLevel(saved[1])
+        audit.propagate = saved[2]
+
+
+def hook_call_line(log: _JsonLines) -> dict[str, Any]:
+    [line] = [entry for entry in log.lines if entry["message"] == "hook call"]
+    return line
+
+
+def test_the_hook_call_log_line_names_its_trace_and_span(exported: InMemorySpanExporter, json_log: _JsonLines) -> None:
+    """A JSON log line is joined with its trace by `traceId` (and `spanId`): the hook call line
+    carries the ids of the exported server span of that call, and the audit record too."""
+    response, _ = call_through_a_fhir_server(traced_chart(), {"traceparent": INCOMING})
+    [call] = [s for s in exported.get_finished_spans() if s.kind == SpanKind.SERVER]
+    line = hook_call_line(json_log)
+    assert line["hookInstance"] and line["cards"] == len(response.json()["cards"])
+    assert line["traceId"] == format(call.context.trace_id, "032x") == TRACE_ID
+    assert line["spanId"] == format(call.context.span_id, "016x")
+    audit = [entry for entry in json_log.lines if entry["logger"] == "calcinosis_cds.audit"]
+    assert audit and {entry["traceId"] for entry in audit} == {TRACE_ID}
+
+
+def test_a_new_trace_started_here_is_the_one_the_log_line_names(
+    exported: InMemorySpanExporter, json_log: _JsonLines
+) -> None:
+    """Without an incoming `traceparent` the service starts the trace: the line names that one."""
+    call_through_a_fhir_server(traced_chart())
+    [call] = [s for s in exported.get_finished_spans() if s.kind == SpanKind.SERVER]
+    line = hook_call_line(json_log)
+    assert line["traceId"] == format(call.context.trace_id, "032x") != TRACE_ID
+    assert line["spanId"] == format(call.context.span_id, "016x")
+
+
+def test_without_tracing_log_lines_carry_no_trace_ids(monkeypatch: pytest.MonkeyPatch, json_log: _JsonLines) -> None:
+    """Tracing off (no OTEL_* variable): no `traceId`, even when the caller sent a traceparent."""
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER"):
+        monkeypatch.delenv(name, raising=False)
+    call_through_a_fhir_server(traced_chart(), {"traceparent": INCOMING})
+    assert tracing.active() is None
+    line = hook_call_line(json_log)
+    assert line["status"] == 200 and "traceId" not in line and "spanId" not in line
+    assert not [entry for entry in json_log.lines if "traceId" in entry or "spanId" in entry]
+
+
+def test_a_span_of_another_tracer_is_not_named_while_tracing_is_off() -> None:
+    """Off means off: a span that a host process's own tracer made current gives no ids, until
+    this service's tracing is enabled (with that provider, here)."""
+    provider = TracerProvider()
+    record = logging.LogRecord("calcinosis_cds", logging.INFO, __file__, 1, "hook call", None, None)
+    try:
+        with provider.get_tracer("host").start_as_current_span("host work") as span:
+            assert span.get_span_context().is_valid
+            assert "traceId" not in json.loads(JsonFormatter().format(record))
+            tracing.enable(provider)
+            entry = json.loads(JsonFormatter().format(record))
+            assert entry["traceId"] == format(span.get_span_context().trace_id, "032x")
+    finally:
+        tracing.disable()
+        provider.shutdown()
 
 
 def test_no_patient_data_in_any_span(exported: InMemorySpanExporter) -> None:
@@ -356,6 +448,7 @@ def test_the_service_exports_its_traces_over_otlp_when_the_endpoint_is_set() -> 
                 "CALCINOSIS_AUTH_DISABLED": "true",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
                 "OTEL_BSP_SCHEDULE_DELAY": "100",
+                "CALCINOSIS_LOG_FORMAT": "json",
             }
             with service_process(env) as service:
                 body = hook_request(chart, prefetch={}, fhirServer=base)
@@ -378,3 +471,20 @@ def test_the_service_exports_its_traces_over_otlp_when_the_endpoint_is_set() -> 
     assert {seen.traceparent.split("-")[1] for seen in server.seen if seen.traceparent} == {TRACE_ID}
     everything = b"".join(collector.raw)
     assert [item for item in PATIENT_DATA if item.encode() in everything] == []
+    # The JSON log of the served process joins the trace the collector received.
+    server_spans = [
+        span
+        for request in collector.requests
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+        if span.kind == span.SPAN_KIND_SERVER
+    ]
+    [call] = [json.loads(line) for line in log.splitlines() if '"message":"hook call"' in line]
+    assert call["traceId"] == TRACE_ID and call["spanId"] in {span.span_id.hex() for span in server_spans}
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    joined = [e for e in lines if e.get("requestId") == call["requestId"]]
+    assert {e["logger"] for e in joined} >= {"calcinosis_cds", "calcinosis_cds.audit", "uvicorn.access"}
+    assert {(e["traceId"], e["spanId"]) for e in joined} == {(call["traceId"], call["spanId"])}
+    # The probe is not traced: its access line names no trace.
+    assert [e for e in lines if e.get("path") == "/healthz" and "traceId" in e] == []

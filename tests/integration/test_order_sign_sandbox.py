@@ -20,6 +20,7 @@ from hooks.cli import main
 from hooks.models import HookResponse
 from tests.fhir_chart import ICD10, LOINC, SNOMED, FhirChart, codeable, coding
 from tests.integration.test_scenarios_both_ways import read_all
+from tests.test_order_sign_api import ISO_DATE, clinician_text
 
 ORDER_SCENARIOS = load_order_scenarios()
 SERVICE = "calcinosis-order-sign"
@@ -42,7 +43,11 @@ def order_sign_prefetch(service_url: str, base: str, patient_id: str) -> dict[st
 
 
 def cards(response: httpx.Response) -> list[tuple[str, str, str]]:
+    """(indicator, topic, rule) of each card; and no card writes an ISO date where a clinician
+    reads it (dates as on the patient-view cards, clinical-knowledge.md 11.4)."""
     assert response.status_code == 200, response.text[:500]
+    for card in response.json()["cards"]:
+        assert not ISO_DATE.search(clinician_text(card)), clinician_text(card)
     found = []
     for card in HookResponse.model_validate(response.json()).cards:
         rule = (card.extension or {})["org.calcinosis-cds.order-check"]["rule"]

@@ -43,6 +43,7 @@ SYNTHEA = REPO.parent / "shared" / "data" / "synthea"
 VALUESETS = REPO / "fhir_mapping" / "valuesets"
 
 from tests.fhir_chart import ICD10, LOINC, RXNORM, SNOMED  # noqa: E402
+
 IDENTIFIER_SYSTEM = "https://calcinosis-cds.example.org/sandbox-patients"
 
 # LOINC long common names for codes whose value-set display is Synthea's short name.
