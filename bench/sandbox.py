@@ -15,6 +15,7 @@ CPU time of each is recorded (`time.process_time`: this process only, all its th
 sandbox's work is not counted): what fetching costs the service itself, against reading prefetch.
 
     python -m bench.sandbox --chart dialysis20 --runs 5   # the 20-year dialysis chart alone
+    python -m bench.sandbox --chart typical --latency 50  # each FHIR answer 50 ms late
 """
 
 from __future__ import annotations
@@ -247,12 +248,16 @@ def service_queries(service: Any, patient_id: str) -> list[tuple[str, str, str]]
     return queries
 
 
-def run(chart: Chart, runs: int, start_timeout: float, **settings: Any) -> SandboxResult:
+def run(chart: Chart, runs: int, start_timeout: float, latency_ms: int = 0, **settings: Any) -> SandboxResult:
     """Start the sandbox, load the chart, measure; the sandbox is always stopped. `settings`
-    override the service's (its defaults otherwise, deadline included)."""
+    override the service's (its defaults otherwise, deadline included). `latency_ms` makes the
+    sandbox wait that long before each answer (its `/fault/slow:<ms>` base, which its next links
+    keep), as a FHIR server across a network or busy with other clients would: the service and
+    the queries timed alone then wait as they would there."""
     with Sandbox(start_timeout) as sandbox:
         seconds = load_chart(sandbox.base, chart)
-        result = asyncio.run(_measure(sandbox.base, chart, runs, **settings))
+        served = f"{sandbox.base.rstrip('/')}/fault/slow:{latency_ms}" if latency_ms else sandbox.base
+        result = asyncio.run(_measure(served, chart, runs, **settings))
         result.load_seconds = seconds
         return result
 
@@ -294,6 +299,7 @@ def main() -> None:
         "--deadline", type=float, help="fetch deadline and request timeout for the service, seconds (default: its own)"
     )
     parser.add_argument("--page-size", type=int, help="the service's fhir_page_size (default: its own)")
+    parser.add_argument("--latency", type=int, default=0, help="ms the sandbox waits before each answer")
     args = parser.parse_args()
     chart = long_dialysis() if args.chart == "dialysis20" else charts()[args.chart]
     settings: dict[str, Any] = {}
@@ -301,7 +307,7 @@ def main() -> None:
         settings.update(fetch_deadline_seconds=args.deadline, fhir_request_timeout_seconds=args.deadline)
     if args.page_size is not None:
         settings.update(fhir_page_size=args.page_size)
-    result = run(chart, args.runs, 240.0, **settings)
+    result = run(chart, args.runs, 240.0, args.latency, **settings)
     report = summary(result)
     report.update(
         chart=args.chart,
