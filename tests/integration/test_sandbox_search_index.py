@@ -8,7 +8,8 @@ The searches are those the service sends (its date-cut Observation searches, the
 search with `_sort=-date`, the per-analyte ones) and the search features the engine supports:
 token forms (`sys|code`, `code`, `|code`, `sys|`, case, `:not`), every date prefix, reference
 forms (bare id, typed, several, unknown), sorting, paging, `_include`, `_revinclude`, `_summary`,
-chaining, `:missing` and searches without a patient.
+chaining, `:missing`, parameters left to the engine (`value-quantity`, `_id`) and searches
+without a patient. (Not `_sort=_lastUpdated`: each server stamps its own write times.)
 """
 
 from __future__ import annotations
@@ -162,6 +163,12 @@ def queries(typical: Chart) -> list[str]:
         ),
         f"{obs}&date=ge2025-01-01&date=lt2026-01-01&code={codes}",
         f"{obs}&_summary=count",
+        f"{obs}&_count=0",
+        f"{obs}&_sort=_id&_count=40",
+        f"Observation?_id=edge-0,edge-3,{typical.of_type('Observation')[5]['id']}",
+        f"{obs}&_lastUpdated=gt2020-01-01&_count=100",
+        f"{obs}&value-quantity=gt5&_count=100",
+        f"{obs}&encounter:missing=true&_count=100",
         f"{obs}&_include=Observation:patient&_count=20",
         f"Patient?_id={p}&_revinclude=Observation:patient",
         f"Observation?code={CALCIUM}&_count=100",
