@@ -9,6 +9,8 @@ import asyncio
 import dataclasses
 import itertools
 import re
+import threading
+import time
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +26,7 @@ from hooks.service import CalcinosisService
 from hooks.settings import Settings
 from tests.charts import ICD10, Chart
 from tests.hookclient import FHIR_BASE, cards_of, hook_request, make_app, post, searchset
+from tests.realservers import FhirServer, fhir_server
 
 NOW = datetime(2026, 12, 4, 15, 0, tzinfo=UTC)
 KEY = "one-card-id-key-for-both-apps-0123456789"
@@ -142,3 +145,46 @@ def test_window_defaults_follow_the_mapping() -> None:
     from fhir_mapping.mapping import DEFAULT_LAB_RETENTION_DAYS
 
     assert LabWindow(()).retention_days == DEFAULT_LAB_RETENTION_DAYS
+
+
+def test_the_searches_of_one_call_are_in_flight_together() -> None:
+    """Against a real threaded FHIR server that holds each search a moment: the window's ranges,
+    the older-results page and the other resources' searches overlap. Fetched one after another,
+    at most one would ever be in flight."""
+    chart = dialysis_chart()
+    lock = threading.Lock()
+    in_flight = 0
+    most = 0
+
+    def hold(path: str) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        time.sleep(0.3)
+        with lock:
+            in_flight -= 1
+
+    def answer(path: str) -> tuple[int, Any] | None:
+        hold(path)
+        return None  # the server's default answer: every resource of the searched type
+
+    server = FhirServer(resources=chart.resources, answer=answer)
+    with fhir_server(server):
+        body = hook_request(chart, prefetch={"patient": hook_request(chart)["prefetch"]["patient"]}, with_server=True)
+        body["fhirServer"] = server.url
+        service = CalcinosisService(Settings(auth_disabled=True, feedback_database_url="memory://"))
+        request = HookRequest.model_validate(body)
+
+        async def main() -> int:
+            async with httpx.AsyncClient() as http:
+                outcome = await service.handle(
+                    request, http, OutboundPolicy([server.url], allow_http=True, loopback=True)
+                )
+                return len(outcome.data.resources)
+
+        assert asyncio.run(main()) > 0
+    searches = [seen.path for seen in server.seen if "?" in seen.path]
+    # Two date ranges and the older page, beside conditions, medications, procedures and orders.
+    assert sum("Observation?" in path for path in searches) >= 3
+    assert most >= 6, f"at most {most} of {len(searches)} searches were in flight at once"
