@@ -8,6 +8,11 @@ NegEx (Chapman et al. 2001): trigger phrases within a few words before or after 
 inside the same clause, decide the assertion.
 
 Limits, on purpose (the rules serve short problem-list entries, not notes):
+- a negative value written after the term as a field ("Calcinosis cutis: none", "- absent",
+  ": no", ": nil.", ": denied") negates only when the separator follows the term directly and the
+  negative word is the whole value up to the end of the clause: "Calcinosis cutis: no change in
+  size" and "Calcinosis cutis of left elbow: none" stay affirmed (the second on purpose: what the
+  value answers is no longer certain once other words stand between the term and the colon);
 - the scope is a window of `WINDOW` words each side, ended by a clause boundary (".", ";", a new
   line, or "but", "however", "although", "though", "except"); a comma or a dash does not end it,
   because problem lists write "Calcinosis cutis - resolved";
@@ -107,6 +112,10 @@ _NEGATED_AFTER = (
     "absent",
     "unlikely",
 )
+_NEGATIVE_VALUE = re.compile(r"\s*[:\-\u2013\u2014]\s*(?:none|no|nil|absent|negative|not\s+present|denied)\s*\.?\s*")
+"""A field-style negative value right after the term ("Calcinosis cutis: none"): the negative word is
+the whole value, so "Calcinosis cutis: no change in size" is not matched. Full-matched against the
+rest of the clause (which ends before a period, a semicolon or a new line)."""
 _RISK_BEFORE = (
     "at risk",
     "risk of",
@@ -198,13 +207,14 @@ def assertion_of(text: str, start: int, end: int) -> Assertion:
     before = _tokens(text[clause_start:start])[-WINDOW:]
     after = _tokens(text[end:clause_end])[:WINDOW]
     both = before + after
-    if _TRIGGER_WORDS.isdisjoint(both):
+    negative_value = _NEGATIVE_VALUE.fullmatch(text, end, clause_end) is not None
+    if not negative_value and _TRIGGER_WORDS.isdisjoint(both):
         return Assertion.AFFIRMED
     if _has(both, _FAMILY):
         return Assertion.FAMILY
     if _has(after, _SUSPECTED_BEFORE_NEGATION) or _has(before, _SUSPECTED_BEFORE_NEGATION):
         return Assertion.SUSPECTED
-    if _has(before, _NEGATED_BEFORE) or _has(after, _NEGATED_AFTER):
+    if negative_value or _has(before, _NEGATED_BEFORE) or _has(after, _NEGATED_AFTER):
         return Assertion.NEGATED
     if _has(before, _RISK_BEFORE) or _has(after, _RISK_AFTER):
         return Assertion.RISK

@@ -41,6 +41,13 @@ def text_chart(text: str, **kwargs: object) -> Chart:
         "CREST syndrome (calcinosis, Raynaud, esophageal dysmotility, sclerodactyly, telangiectasia)",
         "Calcinosis",
         "Vascular calcification",
+        "Calcinosis cutis: none",
+        "Calcinosis cutis - absent",
+        "calcinosis cutis: no",
+        "Calcinosis cutis: negative",
+        "Calcinosis cutis: not present",
+        "Calcinosis cutis: Nil.",
+        "Cutaneous calcification: denied",
     ],
 )
 def test_entries_that_do_not_document_calcinosis_stay_silent(text: str) -> None:
@@ -58,6 +65,11 @@ def test_entries_that_do_not_document_calcinosis_stay_silent(text: str) -> None:
         "Subcutaneous calcifications of the thighs",
         "History of tumoral calcinosis, excised 2010, now recurrent",
         "Calcinosis cutis, no ulceration",
+        "Calcinosis cutis: left elbow",
+        "Calcinosis cutis: no change in size",
+        "Calcinosis cutis: nodules on both elbows",
+        "Calcinosis cutis - not progressing",
+        "Calcinosis cutis: none of the nodules ulcerated",
     ],
 )
 def test_entries_that_document_calcinosis_open_an_assessment(text: str) -> None:
@@ -129,6 +141,12 @@ def test_a_past_systemic_sclerosis_is_still_a_cause() -> None:
         ("calciphylaxis - at risk, monitor", "calciphylaxis", Assertion.RISK),
         ("calcinosis cutis?", "calcinosis cutis", Assertion.SUSPECTED),
         ("Calcinosis cutis, likely dystrophic", "calcinosis cutis", Assertion.AFFIRMED),
+        ("Calcinosis cutis: none", "calcinosis cutis", Assertion.NEGATED),
+        ("Calcinosis cutis \u2013 absent", "calcinosis cutis", Assertion.NEGATED),
+        ("Calcinosis cutis:No. Raynaud phenomenon", "calcinosis cutis", Assertion.NEGATED),
+        ("Calcinosis cutis: no change in size", "calcinosis cutis", Assertion.AFFIRMED),
+        ("Calcinosis cutis: none; calciphylaxis of thigh", "calciphylaxis", Assertion.AFFIRMED),
+        ("Calcinosis cutis of left elbow: none", "calcinosis cutis", Assertion.AFFIRMED),
     ],
 )
 def test_the_negex_style_rules(text: str, term: str, expected: Assertion) -> None:
