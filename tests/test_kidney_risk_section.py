@@ -122,3 +122,20 @@ def test_a_single_egfr_of_25_during_a_coded_aki_opens_no_risk_section() -> None:
     assert_risk_section(assessment, False)
     derived = assessment.derived_value("ckd-stage")
     assert derived is not None and not derived.ckd_established
+
+
+@pytest.mark.parametrize("chronic", [False, True])
+def test_ischemic_lesions_with_one_egfr_of_25_are_not_called_uremic_nor_without_kidney_disease(chronic: bool) -> None:
+    """Suspected calciphylaxis either way; the setting is uremic only with established CKD, and a
+    single low eGFR is named as such rather than as "without advanced kidney disease"."""
+    chart = warfarin_chart(25)
+    chart.condition(None, text="Painful retiform purpura with necrotic ulcers, both thighs")
+    if chronic:
+        chart.lab("98979-8", 27, "mL/min/{1.73_m2}", DRAWN_DAYS_AGO + CHRONICITY_DAYS + 1)
+    assessment = assess(chart)
+    assert assessment.calciphylaxis is not None
+    assert assessment.calciphylaxis.setting == ("uremic" if chronic else "non-uremic")
+    statements = " ".join(f.statement for f in assessment.subtype(Subtype.CALCIPHYLAXIS).findings)
+    assert "without advanced kidney disease" not in statements
+    assert ("G4-G5 range whose chronicity the record does not show" in statements) is not chronic, statements
+    assert assessment.calciphylaxis_risk.applicable
