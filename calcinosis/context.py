@@ -199,8 +199,13 @@ class KidneyStatus:
 
     @property
     def advanced(self) -> bool:
-        """CKD G4-G5D, ESRD, dialysis or transplant: where calciphylaxis mostly occurs."""
-        return self.on_dialysis or self.transplant or self.category in ("G4", "G5") or self.coded_stage in ("G4", "G5")
+        """CKD G4-G5D, ESRD, dialysis or transplant: where calciphylaxis mostly occurs. An eGFR in
+        G4-G5 counts only with KDIGO chronicity (clinical-knowledge.md 2.3: CKD needs 3 months),
+        as for `ckd_established`; one low eGFR, or one taken during an AKI, is not advanced CKD.
+        Order-sign checks deliberately read today's function instead (`calcinosis.orders`)."""
+        if self.on_dialysis or self.transplant or self.coded_stage in ("G4", "G5"):
+            return True
+        return self.category in ("G4", "G5") and self.chronic_confirmed
 
     @property
     def at_least_g3a(self) -> bool:

@@ -268,12 +268,14 @@ def elevated_calciphylaxis_risk(assessment: Assessment) -> bool:
 
 
 def risk_factors_apply(assessment: Assessment) -> bool:
-    """Risk factors are shown on dialysis, in CKD G4-G5 or when calciphylaxis is suspected (11.4)."""
+    """Risk factors are shown on dialysis, in CKD G4-G5 or when calciphylaxis is suspected (11.4).
+    CKD G4-G5 means established CKD (KDIGO chronicity, a coded stage; 2.3), not one low eGFR."""
     if suspected_calciphylaxis(assessment) or assessment.calciphylaxis_risk.on_dialysis:
         return True
     ckd = assessment.derived_value("ckd-stage")
-    category = (ckd.category or "") if ckd is not None else ""
-    return category.startswith(("G4", "G5"))
+    if ckd is None or not ckd.ckd_established:
+        return False
+    return (ckd.category or "").startswith(("G4", "G5"))
 
 
 def leading_subtype(assessment: Assessment) -> SubtypeAssessment | None:

@@ -727,7 +727,14 @@ def assess_calciphylaxis(ctx: PatientContext, risk: CalciphylaxisRisk) -> tuple[
             findings.append(
                 RuleFinding(
                     "CC-CPX-NONUREMIC",
-                    "Ischemic skin lesion without advanced kidney disease: non-uremic calciphylaxis is rare but reported"
+                    (
+                        # One eGFR in G4-G5 is not advanced CKD without chronicity (2.3), but say so.
+                        "Ischemic skin lesion with an eGFR in the G4-G5 range whose chronicity the record does "
+                        "not show: non-uremic calciphylaxis is rare but reported"
+                        if kidney.category in ("G4", "G5")
+                        else "Ischemic skin lesion without advanced kidney disease: non-uremic calciphylaxis is rare "
+                        "but reported"
+                    )
                     + (f" ({', '.join(f.label.lower() for f in nonuremic[:4])} on record)" if nonuremic else ""),
                     lesions + tuple(e for f in nonuremic for e in f.evidence),
                     ("Nigwekar-2008", "Kalajian-2009"),
