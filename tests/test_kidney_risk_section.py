@@ -100,7 +100,7 @@ def test_a_coded_ckd_stage_4_or_5_opens_the_risk_section(code: str, display: str
     assert_risk_section(assess(chart), True)
 
 
-def test_a_coded_ckd_stage_3_with_one_egfr_of_25_opens_no_risk_section() -> None:
+def test_a_coded_ckd_stage_3_with_one_egfr_of_40_opens_no_risk_section() -> None:
     """Coded CKD makes the eGFR's category a CKD stage, but G3 is not G4-G5."""
     chart = warfarin_chart(40)
     chart.condition("N18.30", ICD10, "Chronic kidney disease, stage 3 unspecified")
