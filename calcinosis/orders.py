@@ -107,13 +107,16 @@ class DraftOrder:
 
 @dataclass(frozen=True, slots=True)
 class PendingTest:
-    """A lab test already ordered for this patient and not yet resulted (an active order on the
+    """A test already ordered for this patient and not yet resulted (an active order on the
     chart). 15.5 counts it as "on file" like a result: ordering the same test again inside its
-    re-test interval duplicates it."""
+    re-test interval duplicates it. An imaging or procedure order (`procedures`, empty for a lab)
+    keeps the patient-view workup from suggesting it again; the order-sign repeat check reads the
+    lab analytes only."""
 
     reference: str
     analytes: tuple[Analyte, ...]
     authored: datetime
+    procedures: tuple[ProcedureKind, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

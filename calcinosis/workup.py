@@ -5,7 +5,8 @@ workup.json); what each item is, its code, window and citation, lives in the cat
 Biopsy is never suggested while calciphylaxis is suspected (clinical-knowledge.md 7.2): the item
 is withheld and the withholding is reported, so the card can say why.
 
-"Not yet done" also means "not yet ordered" (15.5): a test already ordered and not yet resulted,
+"Not yet done" also means "not yet ordered" (15.5): a test already ordered and not yet resulted
+(a lab by its LOINC code, an imaging or procedure order by the value sets that recognise it done),
 placed inside the item's look-back, is "on file" as a result would be. The item is then reported
 as pending instead of suggested, so the workup never proposes an order that the order-sign service
 would flag as a repeat (its re-test intervals never exceed these look-backs).
@@ -39,7 +40,7 @@ stays withheld as it is while calciphylaxis is suspected (7.2): a biopsy can sta
 
 
 class OrderedTest(Protocol):
-    """A lab test ordered for this patient and not yet resulted (`calcinosis.orders.PendingTest`,
+    """A test (a lab, or an imaging or procedure order) ordered for this patient and not yet resulted (`calcinosis.orders.PendingTest`,
     read from the chart's active ServiceRequests by `fhir_mapping.orders.pending_tests`)."""
 
     @property
@@ -47,6 +48,9 @@ class OrderedTest(Protocol):
 
     @property
     def analytes(self) -> tuple[Analyte, ...]: ...
+
+    @property
+    def procedures(self) -> tuple[ProcedureKind, ...]: ...
 
     @property
     def authored(self) -> datetime: ...
@@ -195,19 +199,23 @@ def _ordered(ctx: PatientContext, item: WorkupItem, orders: Sequence[OrderedTest
     satisfies the item; None when there is none."""
     lookback = _lookback(ctx, item)
     since = ctx.as_of - timedelta(days=lookback) if lookback is not None else None
-    best: tuple[OrderedTest, Analyte] | None = None
+    best: tuple[OrderedTest, Analyte | None] | None = None
     for order in orders:
         if order.authored > ctx.as_of or (since is not None and order.authored < since):
             continue
         analyte = next(
             (ANALYTES[n] for n in item.satisfied_by if n in ANALYTES and ANALYTES[n] in order.analytes), None
         )
-        if analyte is not None and (best is None or order.authored > best[0].authored):
+        # An imaging or procedure item (plain radiograph, bone scintigraphy, biopsy) by the same
+        # procedure kind that a performed Procedure on file is recognised by (`_gap`).
+        procedure = any(n in PROCEDURES and PROCEDURES[n] in order.procedures for n in item.satisfied_by)
+        if (analyte is not None or procedure) and (best is None or order.authored > best[0].authored):
             best = (order, analyte)
     if best is None:
         return None
     order, analyte = best
-    return PendingWorkup(item.id, item.label, _test_name(ctx, analyte, item), order.authored, order.reference)
+    name = item.label if analyte is None else _test_name(ctx, analyte, item)
+    return PendingWorkup(item.id, item.label, name, order.authored, order.reference)
 
 
 def workup_gaps(

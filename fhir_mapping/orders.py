@@ -344,10 +344,13 @@ def pending_tests(
     patient_id: str | None = None,
     drafts: tuple[DraftOrder, ...] = (),
 ) -> tuple[PendingTest, ...]:
-    """The lab tests already ordered for the patient and not yet resulted (15.5 "on file"): an
+    """The tests already ordered for the patient and not yet resulted (15.5 "on file"): an
     active ServiceRequest that is an order (not a proposal or plan), with a date, for another
     patient never, that no Observation on the chart names in `basedOn`, and that is not one of
-    the draft orders being signed. Completed, revoked and draft requests are not pending."""
+    the draft orders being signed. Completed, revoked and draft requests are not pending. A lab is
+    known by its LOINC code; an imaging or procedure order by the procedure value sets, code or
+    name, exactly as a performed Procedure is recognised on file (a chest radiograph is not a
+    radiograph of the lesion)."""
     chart = [r for r in resources if isinstance(r, dict)]
     active = [r for r in chart if r.get("resourceType") == "ServiceRequest" and r.get("status") == "active"]
     if not active:
@@ -374,9 +377,9 @@ def pending_tests(
             continue
         if reference in resulted or any(r.endswith(f"/{reference}") for r in resulted):
             continue
-        analytes = reader.service_request(request).analytes
-        if analytes:
-            pending.append(PendingTest(reference, analytes, authored))
+        test = reader.service_request(request)
+        if test.analytes or test.procedures:
+            pending.append(PendingTest(reference, test.analytes, authored, test.procedures))
     return tuple(pending)
 
 
