@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 
 from fhir_mapping.mapping import bundle_resources
 from hooks import __version__
-from hooks.logs import configure_command_logging, server_log_config
+from hooks.logs import configure_command_logging, refusal_line, server_log_config
 from hooks.models import HookRequest
 from hooks.outbound import OutboundPolicy
 from hooks.overload import GuardedHttpToolsProtocol
@@ -201,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**workers) if args.command == "serve" else Settings(auth_disabled=True)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in error.errors())
-        print(f"calcinosis-cds: invalid configuration: {problems}", file=sys.stderr)
+        # The settings were refused, so the format is read as they would have read it (text when
+        # it is unset or is itself what was refused).
+        requested = os.environ.get("CALCINOSIS_LOG_FORMAT", "text").strip().lower()
+        print(refusal_line(f"invalid configuration: {problems}", requested), file=sys.stderr)
         return 2
     configure_command_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(settings.audit_log).open("a", encoding="utf-8").close()
             except OSError as error:
                 problem = f"audit_log: cannot append to it ({error.strerror})"
-                print(f"calcinosis-cds: invalid configuration: {problem}", file=sys.stderr)
+                print(refusal_line(f"invalid configuration: {problem}", settings.log_format), file=sys.stderr)
                 return 2
 
         uvicorn.run(

@@ -270,6 +270,17 @@ def formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
+def refusal_line(message: str, log_format: str) -> str:
+    """A start-up refusal (`invalid configuration: ...`) as the one line it is printed as, before
+    any logging is configured (the settings that configure it are what was refused): in JSON, an
+    object with the fields of every other line (`time`, `level` ERROR, `logger`, `message`), so a
+    log collector reading the container's output sees why it stopped; in text, the plain message."""
+    if log_format != "json":
+        return f"calcinosis-cds: {message}"
+    record = logging.LogRecord("calcinosis_cds", logging.ERROR, __file__, 0, message, None, None)
+    return JsonFormatter().format(record)
+
+
 def audit_handler_config(destination: str) -> dict[str, Any]:
     """The audit trail's handler: `stderr`, `stdout`, or a file appended to (reopened when a log
     rotator moves it: WatchedFileHandler)."""
