@@ -6,7 +6,7 @@ Biopsy is never suggested while calciphylaxis is suspected (clinical-knowledge.m
 is withheld and the withholding is reported, so the card can say why.
 
 "Not yet done" also means "not yet ordered" (15.5): a test already ordered and not yet resulted
-(a lab by its LOINC code, an imaging or procedure order by the value sets that recognise it done),
+(a lab by its LOINC code, an imaging order by the value sets that recognise it done, for items with a look-back),
 placed inside the item's look-back, is "on file" as a result would be. The item is then reported
 as pending instead of suggested, so the workup never proposes an order that the order-sign service
 would flag as a repeat (its re-test intervals never exceed these look-backs).
@@ -206,9 +206,13 @@ def _ordered(ctx: PatientContext, item: WorkupItem, orders: Sequence[OrderedTest
         analyte = next(
             (ANALYTES[n] for n in item.satisfied_by if n in ANALYTES and ANALYTES[n] in order.analytes), None
         )
-        # An imaging or procedure item (plain radiograph, bone scintigraphy, biopsy) by the same
-        # procedure kind that a performed Procedure on file is recognised by (`_gap`).
-        procedure = any(n in PROCEDURES and PROCEDURES[n] in order.procedures for n in item.satisfied_by)
+        # An imaging or procedure item (plain radiograph, bone scintigraphy) by the same procedure
+        # kind that a performed Procedure on file is recognised by (`_gap`). Only for an item with
+        # a look-back: an item done "ever" (skin biopsy) would let an order nobody closed hide the
+        # suggestion for good.
+        procedure = since is not None and any(
+            n in PROCEDURES and PROCEDURES[n] in order.procedures for n in item.satisfied_by
+        )
         if (analyte is not None or procedure) and (best is None or order.authored > best[0].authored):
             best = (order, analyte)
     if best is None:

@@ -172,3 +172,14 @@ def test_a_bone_scan_ordered_is_on_file_while_calciphylaxis_is_suspected(
     assert ("bone-scintigraphy" in pendings) is pending
     assert ("bone-scintigraphy" in gaps) is not pending
     assert "skin-biopsy" not in gaps  # still withheld while calciphylaxis is suspected
+
+
+def test_an_open_skin_biopsy_order_does_not_hide_the_biopsy_for_good() -> None:
+    """A biopsy done counts 'ever' (no look-back), so an order nobody closed would hide the
+    suggestion for good: only items with a look-back read pending orders."""
+    chart = calcinosis_chart()
+    gaps, _ = gaps_and_pending(chart)
+    assert "skin-biopsy" in gaps  # the picture is uncertain: a biopsy is suggested
+    imaging_ordered(chart, "Skin biopsy", 3000)
+    gaps, pending = gaps_and_pending(chart)
+    assert "skin-biopsy" in gaps and "skin-biopsy" not in pending
