@@ -12,6 +12,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 from calcinosis.assessment import CauseFinding, Comparison, DerivedValue, Evidence
 from calcinosis.derived import (
@@ -689,32 +690,40 @@ class PatientContext:
         return found
 
     def _creatinine_rise(self, creatinine: LabResult) -> LabResult | None:
-        """The earlier creatinine this one rose from by the KDIGO acute kidney injury criteria (at
-        least `aki-creatinine-rise` within `aki-creatinine-rise-hours`, or at least
-        `aki-creatinine-ratio` times within `aki-creatinine-ratio-days`), or None. A creatinine
-        moving that fast is not at steady state, so no equation is valid (clinical-knowledge.md
-        2.3a). Only the results of the preceding window are read (the list is newest first)."""
+        """The earlier creatinine this one rose from by the KDIGO acute kidney injury criteria, or
+        None (`_creatinine_rises`)."""
+        return self._creatinine_rises.get(id(creatinine))
+
+    @cached_property
+    def _creatinine_rises(self) -> dict[int, LabResult]:
+        """For each creatinine (by identity) that rose by the KDIGO acute kidney injury criteria
+        (at least `aki-creatinine-rise` within `aki-creatinine-rise-hours`, or at least
+        `aki-creatinine-ratio` times within `aki-creatinine-ratio-days`), the earlier one it rose
+        from. A creatinine moving that fast is not at steady state, so no equation is valid
+        (clinical-knowledge.md 2.3a). Worked out once per patient: the rules ask for several
+        draws, and each walk reads only the preceding window (the list is newest first)."""
         kb = self.kb
-        if creatinine.value is None or creatinine.comparator is not None:
-            return None
         hours = timedelta(hours=kb.value("aki-creatinine-rise-hours"))
         days = timedelta(days=kb.days("aki-creatinine-ratio-days"))
+        window = max(hours, days)
         rise, ratio = kb.value("aki-creatinine-rise"), kb.value("aki-creatinine-ratio")
         labs = self.labs(Analyte.CREATININE)
-        start = next((i for i, lab in enumerate(labs) if lab is creatinine), None)
-        if start is None:
-            return None
-        for earlier in labs[start + 1 :]:
-            gap = creatinine.effective - earlier.effective
-            if gap > max(hours, days):
-                break
-            if gap <= timedelta(0) or earlier.value is None or earlier.comparator is not None or earlier.value <= 0:
+        rises: dict[int, LabResult] = {}
+        for start, creatinine in enumerate(labs):
+            if creatinine.value is None or creatinine.comparator is not None:
                 continue
-            if gap <= hours and creatinine.value - earlier.value >= rise - 1e-9:
-                return earlier
-            if gap <= days and creatinine.value >= ratio * earlier.value - 1e-9:
-                return earlier
-        return None
+            for earlier in labs[start + 1 :]:
+                gap = creatinine.effective - earlier.effective
+                if gap > window:
+                    break
+                if gap <= timedelta(0) or earlier.value is None or earlier.comparator is not None or earlier.value <= 0:
+                    continue
+                if (gap <= hours and creatinine.value - earlier.value >= rise - 1e-9) or (
+                    gap <= days and creatinine.value >= ratio * earlier.value - 1e-9
+                ):
+                    rises[id(creatinine)] = earlier
+                    break
+        return rises
 
     def _rise_near(self, moment: datetime) -> tuple[LabResult, LabResult] | None:
         """(creatinine, the one it rose from) for a creatinine drawn within a day of `moment` (the

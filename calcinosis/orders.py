@@ -702,18 +702,17 @@ def _pending_repeat(
     ServiceRequest for the same test"). The newest such order counts; a treatment started or
     changed since it was placed may justify another, so then there is no card, as for a result."""
     since = ctx.as_of - interval
-    earlier = sorted(
+    placed = max(
         (
             p
             for p in pending
             if analyte in p.analytes and p.reference != order.reference and since <= p.authored <= ctx.as_of
         ),
         key=lambda p: p.authored,
-        reverse=True,
+        default=None,
     )
-    if not earlier or _treatment_since(ctx, earlier[0].authored, knowledge, drafts):
+    if placed is None or _treatment_since(ctx, placed.authored, knowledge, drafts):
         return None
-    placed = earlier[0]
     card = knowledge.repeat_card
     test = window.labels[analyte]
     evidence = Evidence(

@@ -293,23 +293,32 @@ def indicator(assessment: Assessment) -> str:
     return "warning" if suspected_calciphylaxis(assessment) or assessment.severe_hypercalcemia else "info"
 
 
-def _calcium_line(assessment: Assessment, kb: KnowledgeBase) -> str | None:
-    """The calcium that classified the patient, as reported, with the corrected value if any."""
+def _classifying_calcium(assessment: Assessment) -> tuple[str, DerivedValue, float] | None:
+    """The calcium reading that classified the patient (name, value, its number): corrected, else
+    ionized, else total."""
     for name in ("corrected-calcium", "ionized-calcium", "total-calcium"):
         derived = assessment.derived_value(name)
-        if derived is None or derived.value is None or not derived.inputs:
-            continue
-        calcium = derived.inputs[0]
-        verdict = {"high": "above", "low": "below", "normal": "within"}.get(derived.category or "", "")
-        if name == "corrected-calcium" and len(derived.inputs) > 1:
-            albumin = derived.inputs[1]
-            return (
-                f"Corrected calcium {converted(derived.value)} mg/dL"
-                + (f" ({verdict} range)" if verdict else "")
-                + f", from calcium {as_reported(calcium)} and albumin {as_reported(albumin)}, {day(calcium.date)}"
-            )
-        return lab_line(calcium, f"{verdict}" if verdict and not lab_range(calcium) else verdict)
+        if derived is not None and derived.value is not None and derived.inputs:
+            return name, derived, derived.value
     return None
+
+
+def _calcium_line(assessment: Assessment, kb: KnowledgeBase) -> str | None:
+    """The calcium that classified the patient, as reported, with the corrected value if any."""
+    reading = _classifying_calcium(assessment)
+    if reading is None:
+        return None
+    name, derived, value = reading
+    calcium = derived.inputs[0]
+    verdict = {"high": "above", "low": "below", "normal": "within"}.get(derived.category or "", "")
+    if name == "corrected-calcium" and len(derived.inputs) > 1:
+        albumin = derived.inputs[1]
+        return (
+            f"Corrected calcium {converted(value)} mg/dL"
+            + (f" ({verdict} range)" if verdict else "")
+            + f", from calcium {as_reported(calcium)} and albumin {as_reported(albumin)}, {day(calcium.date)}"
+        )
+    return lab_line(calcium, f"{verdict}" if verdict and not lab_range(calcium) else verdict)
 
 
 def _caxp_line(assessment: Assessment, kb: KnowledgeBase) -> str | None:
@@ -350,19 +359,15 @@ def _cause_name(assessment: Assessment) -> str | None:
 
 def _calcium_words(assessment: Assessment) -> str:
     """'corrected calcium 12.6 mg/dL', 'ionized calcium 1.46 mmol/L', 'calcium 2.81 mmol/L'."""
-    for name, label in (
-        ("corrected-calcium", "corrected calcium"),
-        ("ionized-calcium", "ionized calcium"),
-        ("total-calcium", "calcium"),
-    ):
-        derived = assessment.derived_value(name)
-        if derived is None or derived.value is None or not derived.inputs:
-            continue
-        if name == "corrected-calcium":
-            return f"{label} {converted(derived.value)} mg/dL"
-        number, unit = _unit_of(derived.inputs[0].reported or "")
-        return f"{label} {number} {display_unit(unit)}".strip()
-    return "raised calcium"
+    reading = _classifying_calcium(assessment)
+    if reading is None:
+        return "raised calcium"
+    name, derived, value = reading
+    if name == "corrected-calcium":
+        return f"corrected calcium {converted(value)} mg/dL"
+    label = "ionized calcium" if name == "ionized-calcium" else "calcium"
+    number, unit = _unit_of(derived.inputs[0].reported or "")
+    return f"{label} {number} {display_unit(unit)}".strip()
 
 
 def _phosphate_evidence(assessment: Assessment) -> Evidence | None:

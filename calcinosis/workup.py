@@ -148,10 +148,15 @@ def _lookback(ctx: PatientContext, item: WorkupItem) -> int | None:
     return item.lookback_days
 
 
+def _since(ctx: PatientContext, lookback: int | None) -> datetime | None:
+    """The start of a look-back of `lookback` days; None: ever."""
+    return ctx.as_of - timedelta(days=lookback) if lookback is not None else None
+
+
 def _gap(ctx: PatientContext, item: WorkupItem) -> WorkupGap | None:
     """A gap for `item`, or None when a usable result lies within its window."""
     lookback = _lookback(ctx, item)
-    since = ctx.as_of - timedelta(days=lookback) if lookback is not None else None
+    since = _since(ctx, lookback)
     last = None
     unusable_note: str | None = None
     for name in item.satisfied_by:
@@ -197,8 +202,7 @@ def _test_name(ctx: PatientContext, analyte: Analyte, item: WorkupItem) -> str:
 def _ordered(ctx: PatientContext, item: WorkupItem, orders: Sequence[OrderedTest]) -> PendingWorkup | None:
     """The newest order, placed inside the item's look-back (15.5 "on file"), for a test that
     satisfies the item; None when there is none."""
-    lookback = _lookback(ctx, item)
-    since = ctx.as_of - timedelta(days=lookback) if lookback is not None else None
+    since = _since(ctx, _lookback(ctx, item))
     best: tuple[OrderedTest, Analyte | None] | None = None
     for order in orders:
         if order.authored > ctx.as_of or (since is not None and order.authored < since):

@@ -355,8 +355,10 @@ def pending_tests(
     active = [r for r in chart if r.get("resourceType") == "ServiceRequest" and r.get("status") == "active"]
     if not active:
         return ()  # the usual case: no Observation needs reading for `basedOn`
+    # `Type/id` of every order a result names (a full URL folded to its last two segments), so
+    # each active request is one set lookup.
     resulted = {
-        reference
+        "/".join(reference.rsplit("/", 2)[-2:])
         for r in chart
         if r.get("resourceType") == "Observation"
         for based in _list(r.get("basedOn"))
@@ -375,7 +377,7 @@ def pending_tests(
         authored = _ordered_at(request)
         if reference is None or authored is None or reference in drafted:
             continue
-        if reference in resulted or any(r.endswith(f"/{reference}") for r in resulted):
+        if reference in resulted:
             continue
         test = reader.service_request(request)
         if test.analytes or test.procedures:

@@ -300,7 +300,8 @@ def assess_resources(
     terminology = terminology or default_terminology()
     resources = resources if isinstance(resources, list) else list(resources)
     mapped = map_resources(resources, terminology, as_of, patient_id, int(kb.value("lab-retention-days")))
-    orders = pending_tests(resources, terminology, patient_id)
+    # Only a chart that documents calcinosis is assessed: the silent majority skips the order scan.
+    orders = pending_tests(resources, terminology, patient_id) if entry_evidence(mapped.findings) else ()
     findings = mapped.findings
     checked: set[str] = set()
     invalid: dict[str, str] = {}

@@ -11,17 +11,30 @@ value is written: the EHR's audit already links the hookInstance to the patient.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import time
 
 import orjson
 
 from hooks.auth.verify import VerifiedToken
+from hooks.logs import utc_timestamp
 
 audit_log = logging.getLogger("calcinosis_cds.audit")
 
 # FHIR R4 AuditEventOutcome: 0 success, 4 minor failure (the caller's fault), 8 serious failure
 # (we could not do it), 12 major failure.
 _OUTCOME = {2: "0", 4: "4", 5: "8"}
+
+
+class _EventJson:
+    """An AuditEvent as its JSON text, written only when a formatter reads the message."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: dict[str, object]) -> None:
+        self.event = event
+
+    def __str__(self) -> str:
+        return orjson.dumps(self.event).decode()
 
 
 def audit_hook_call(
@@ -106,7 +119,7 @@ def _write(
         },
         "subtype": [{"system": "urn:calcinosis-cds:cds-hooks", "code": subtype}],
         "action": action,
-        "recorded": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "recorded": utc_timestamp(time.time()),
         "outcome": _OUTCOME.get(status // 100, "12"),
         "outcomeDesc": description,
         "agent": [agent],
@@ -115,5 +128,6 @@ def _write(
     if entity:
         event["entity"] = entity
     # The message is the event's JSON (any formatter writes it whole); the JSON format embeds the
-    # event itself as `auditEvent` rather than a string inside a string.
-    audit_log.info(orjson.dumps(event).decode(), extra={"audit_event": event})
+    # event itself as `auditEvent` rather than a string inside a string, so the message is only
+    # serialised when a formatter asks for it.
+    audit_log.info("%s", _EventJson(event), extra={"audit_event": event})

@@ -105,9 +105,8 @@ def protect_logs() -> None:
 
 # --- formats -------------------------------------------------------------------------------------
 
-LOG_FORMATS = ("json", "text")
-"""`CALCINOSIS_LOG_FORMAT`: one JSON object per line (log collectors, the container's default), or
-one line of text (a terminal)."""
+# `CALCINOSIS_LOG_FORMAT` (checked by `hooks.settings`): one JSON object per line (log collectors,
+# the container's default), or one line of text (a terminal).
 
 AUDIT_LOGGER = "calcinosis_cds.audit"
 """The audit trail's logger: its own handler and stream (`CALCINOSIS_AUDIT_LOG`), not propagated."""

@@ -6,17 +6,14 @@ value set excludes by name, does not count. Scenarios: a FHIR Bundle in, the wor
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 
-from calcinosis.assessment import Assessment
 from calcinosis.knowledge_base import default_knowledge
-from fhir_mapping import assess_resources, bundle_resources
-from hooks.cards import render_cards
-from tests.charts import AS_OF, ICD10, SNOMED, Chart, codeable, coding, when
-from tests.test_pending_workup import INTERNAL, day
+from tests.charts import ICD10, SNOMED, Chart, codeable, coding, when
+from tests.test_pending_workup import INTERNAL, assessed, day
+from tests.test_pending_workup import workup_card as any_workup_card
 
 KB = default_knowledge()
 ANNUAL_DAYS = KB.days("annual-lookback-days")
@@ -54,21 +51,16 @@ def imaging_ordered(
     return chart.add_service_request(chart._id("sr"), concept, status=status, authored=when(days_ago))
 
 
-def assessed(chart: Chart) -> Assessment:
-    result = assess_resources(bundle_resources(chart.bundle()), AS_OF, chart.patient_id)
-    assert result.assessment is not None
-    return result.assessment
-
-
 def gaps_and_pending(chart: Chart) -> tuple[set[str], set[str]]:
     assessment = assessed(chart)
     return {g.item_id for g in assessment.workup}, {p.item_id for p in assessment.pending_workup}
 
 
 def workup_card(chart: Chart) -> dict[str, Any]:
-    cards = render_cards(assessed(chart), KB, uuid.uuid4(), chart.patient_id)
-    card = next(c for c in cards if c.source.topic is not None and c.source.topic.code == "workup")
-    return card.model_dump(mode="json", by_alias=True, exclude_none=True)
+    """The chart's workup card, which these charts always have."""
+    card = any_workup_card(chart)
+    assert card is not None
+    return card
 
 
 def suggested_tests(card: dict[str, Any]) -> set[str]:

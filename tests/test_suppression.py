@@ -55,7 +55,7 @@ def call(app: Any, record: Chart) -> list[dict[str, Any]]:
     return cards
 
 
-def override(app: Any, card: dict[str, Any], code: str) -> None:
+def override(app: Any, card: dict[str, Any], code: str, service: str = "/cds-services/calcinosis") -> None:
     feedback = {
         "feedback": [
             {
@@ -66,7 +66,7 @@ def override(app: Any, card: dict[str, Any], code: str) -> None:
             }
         ]
     }
-    response = post(app, "/cds-services/calcinosis/feedback", feedback)
+    response = post(app, f"{service}/feedback", feedback)
     assert response.status_code == 200, response.text
 
 
@@ -158,18 +158,7 @@ def order_sign(app: Any, record: Chart, *orders: dict[str, Any]) -> list[dict[st
 
 
 def override_order_card(app: Any, card: dict[str, Any], code: str) -> None:
-    feedback = {
-        "feedback": [
-            {
-                "card": card["uuid"],
-                "outcome": "overridden",
-                "overrideReason": {"reason": {"system": "urn:calcinosis-cds:override-reason", "code": code}},
-                "outcomeTimestamp": "2026-11-01T12:00:00Z",
-            }
-        ]
-    }
-    response = post(app, f"{ORDER_SIGN}/feedback", feedback)
-    assert response.status_code == 200, response.text
+    override(app, card, code, ORDER_SIGN)
 
 
 def drafts(cards: list[dict[str, Any]]) -> list[str]:

@@ -8,17 +8,16 @@ own output: they never skip silently, because CI would then pass without testing
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from tests.realservers import service_process
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_START = REPO / "deploy" / "fhir-sandbox" / "start"
@@ -32,13 +31,6 @@ def _stop(process: subprocess.Popen[Any]) -> None:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
@@ -75,10 +67,9 @@ def fhir_sandbox() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def service_url() -> Iterator[str]:
-    """Base URL of the service, run by its own command line over real HTTP."""
-    port = _free_port()
+    """Base URL of the service, run by its own command line over real HTTP (its output goes to a
+    file, `tests.realservers.service_process`: an undrained pipe would block it)."""
     env = {
-        **os.environ,
         "CALCINOSIS_FHIR_PAGE_SIZE": "20",  # small pages: every realistic chart is paged
         "CALCINOSIS_FETCH_DEADLINE_SECONDS": "30",
         # The sandbox's first answers (cold JIT) on a busy machine took over the 3 s default and
@@ -87,35 +78,6 @@ def service_url() -> Iterator[str]:
         "CALCINOSIS_FHIR_PAGE_CAP": "200",
         "CALCINOSIS_LOG_LEVEL": "WARNING",
         "CALCINOSIS_AUTH_DISABLED": "true",  # local use; authentication is tested in test_api_security.py
-        "CALCINOSIS_FEEDBACK_DATABASE_URL": "memory://",
-        "CALCINOSIS_METRICS_PORT": "0",
     }
-    # stderr goes to a file, never an undrained pipe: the audit trail writes a line per call at
-    # any log level, and once a pipe's 64 KiB filled the service blocked on its next write.
-    errors = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this block: closed after the session
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hooks.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=errors,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            errors.seek(0)
-            pytest.fail("the service did not start:\n" + errors.read().decode(errors="replace")[-3000:])
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("the service did not answer /healthz within 60 s")
-    try:
-        yield url
-    finally:
-        _stop(process)
-        errors.close()
+    with service_process(env) as service:
+        yield service.url
